@@ -1,0 +1,285 @@
+"""Configuration: frozen dataclasses, named presets (JSON files) and ``key.sub=value`` overrides.
+
+A config is built in three layers: the dataclass defaults, a preset (``fcoslab/presets/NAME.json`` or
+any JSON file) and command-line overrides. Unknown keys and values of the wrong type are errors that
+name the key and list what is valid. Every run saves the resolved config as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import FcoslabError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_ann: str = "data/shapes/train.json"
+    train_images: str = "data/shapes/train"
+    val_ann: str = "data/shapes/val.json"
+    val_images: str = "data/shapes/val"
+    # Generate the shapes set into the annotation file's folder when it is missing (0 = never).
+    shapes_train: int = 0
+    shapes_val: int = 0
+    shapes_image_size: int = 128
+    shapes_seed: int = 0
+    # Training resize: shorter side drawn from min_size (scale jitter), longer side at most max_size.
+    min_size: tuple[int, ...] = (800,)
+    max_size: int = 1333
+    test_min_size: int = 800
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 0  # 0: taken from the training annotation file
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    backbone_weights: str = ""  # local state_dict file; "" = random init
+    torchvision_weights: bool = False  # use torchvision's weight enum (needs network or its cache)
+    frozen_bn: bool = True
+    freeze_at: int = 2  # 0 none, 1 stem, 2 stem + layer1, ... up to 5
+    fpn_channels: int = 256
+    p6_from: str = "p5"  # p5 | c5
+    head_convs: int = 4
+    head_norm: str = "gn"  # gn | none
+    centerness: bool = True
+    regression: str = "relu_stride"  # exp | relu_stride
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    point_offset: float = 0.5
+    prior_prob: float = 0.01
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    regress_ranges: tuple[tuple[float, float], ...] = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8))
+    center_radius: Optional[float] = 1.5  # None turns center sampling off
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    box: str = "giou"  # iou (-log IoU) | giou (1 - GIoU)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    box_weight: float = 1.0
+    centerness_weighted_box: bool = True  # weight box loss by center-ness targets (when center-ness is on)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    score_thresh: float = 0.05
+    pre_nms_topk: int = 1000  # per level
+    nms_thresh: float = 0.6
+    max_detections: int = 100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 16  # global: split over processes under torchrun
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3
+    lr_steps: tuple[int, ...] = (8, 11)  # epochs at which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0  # 0 = off
+    amp: str = "auto"  # auto (fp16 on CUDA) | fp16 | bf16 | off
+    eval_every: int = 1
+    checkpoint_every: int = 0  # iterations between mid-epoch checkpoints; 0 = epoch ends only
+    max_nonfinite: int = 5  # consecutive non-finite losses that stop training
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with ``{"train.epochs": 2, ...}``-style overrides applied (checked like the CLI's)."""
+        return apply_overrides(self, overrides)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a JSON or command-line value to the field type ``tp``, or raise a clear error."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, (list, tuple)):
+            raise FcoslabError(f"config key '{key}': expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise FcoslabError(f"config key '{key}': expected {len(args)} items, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if isinstance(value, str) and tp is not str:
+        value = _parse_scalar(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise FcoslabError(f"config key '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Config)}
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Apply flat ``{"section.key": value}`` overrides; unknown keys list the valid ones."""
+    sections = {name: getattr(cfg, name) for name in _sections()}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in sections:
+            raise FcoslabError(f"unknown config section '{section}' in '{dotted}'; valid sections: "
+                               + ", ".join(sections))
+        sub = sections[section]
+        hints = typing.get_type_hints(type(sub))
+        if key not in hints:
+            raise FcoslabError(f"unknown config key '{dotted}'; valid keys in '{section}': "
+                               + ", ".join(hints))
+        sections[section] = dataclasses.replace(sub, **{key: _coerce(value, hints[key], dotted)})
+    return Config(**sections)
+
+
+def flatten(tree: dict, where: str) -> dict[str, Any]:
+    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}``; ``where`` names the source in errors."""
+    if not isinstance(tree, dict):
+        raise FcoslabError(f"{where}: expected a JSON object of sections, got {type(tree).__name__}")
+    flat = {}
+    for section, values in tree.items():
+        if section.startswith("_"):  # "_doc" and similar comments
+            continue
+        if not isinstance(values, dict):
+            raise FcoslabError(f"{where}: section '{section}' must be an object of keys, got {values!r}")
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def read_config_file(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise FcoslabError(f"cannot read config file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise FcoslabError(f"config file {path} is not valid JSON: {e}") from None
+
+
+def load_config(name_or_path: str = "shapes", overrides: Optional[list[str] | dict] = None) -> Config:
+    """Resolve a preset name or JSON file, then apply ``key.sub=value`` overrides.
+
+    Args:
+        name_or_path: a preset name from :func:`list_presets` or a path to a JSON config
+            (a full ``config.json`` saved by a run works too).
+        overrides: ``["train.epochs=2", ...]`` strings or a ``{"train.epochs": 2}`` dict.
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        if not path.exists():
+            raise FcoslabError(f"config file {path} does not exist; presets: {', '.join(list_presets())}")
+        tree, where = read_config_file(path), str(path)
+    elif (PRESET_DIR / f"{name_or_path}.json").exists():
+        tree, where = read_config_file(PRESET_DIR / f"{name_or_path}.json"), f"preset {name_or_path}"
+    else:
+        raise FcoslabError(f"unknown preset '{name_or_path}'; presets: {', '.join(list_presets())} "
+                           "(or give a path to a .json config)")
+    cfg = apply_overrides(Config(), flatten(tree, where))
+    if overrides:
+        if isinstance(overrides, dict):
+            pairs = overrides
+        else:
+            pairs = {}
+            for item in overrides:
+                if "=" not in item:
+                    raise FcoslabError(f"override '{item}' must look like key.sub=value, e.g. train.epochs=2")
+                k, _, v = item.partition("=")
+                pairs[k.strip()] = v
+        cfg = apply_overrides(cfg, pairs)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(tree: dict) -> Config:
+    """Rebuild a :class:`Config` from ``Config.to_dict()`` (as stored in checkpoints)."""
+    return apply_overrides(Config(), flatten(tree, "stored config"))
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    m = cfg.model
+    choices = {"model.backbone": (m.backbone, ("resnet18", "resnet34", "resnet50", "resnet101")),
+               "model.p6_from": (m.p6_from, ("p5", "c5")), "model.head_norm": (m.head_norm, ("gn", "none")),
+               "model.regression": (m.regression, ("exp", "relu_stride")),
+               "loss.box": (cfg.loss.box, ("iou", "giou")),
+               "train.amp": (cfg.train.amp, ("auto", "fp16", "bf16", "off"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise FcoslabError(f"config key '{key}': '{value}' is not one of {', '.join(allowed)}")
+    if len(cfg.assign.regress_ranges) != len(m.strides):
+        raise FcoslabError(f"config key 'assign.regress_ranges' has {len(cfg.assign.regress_ranges)} ranges "
+                           f"but model.strides has {len(m.strides)} levels")
+    if m.strides != (8, 16, 32, 64, 128):
+        raise FcoslabError(f"config key 'model.strides': FCOS uses P3-P7, strides (8, 16, 32, 64, 128); "
+                           f"got {m.strides}")
+    if m.head_norm == "gn" and m.fpn_channels % 32:
+        raise FcoslabError(f"config key 'model.fpn_channels': {m.fpn_channels} is not divisible by 32, "
+                           "as GroupNorm(32) needs")
+    for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
+                       ("data.max_size", cfg.data.max_size), ("train.eval_every", cfg.train.eval_every)):
+        if value < 1:
+            raise FcoslabError(f"config key '{key}' must be at least 1, got {value}")
+    if not 0 <= m.freeze_at <= 5:
+        raise FcoslabError(f"config key 'model.freeze_at' must be in 0..5, got {m.freeze_at}")

@@ -1,0 +1,255 @@
+"""COCO-format datasets: checked loading, category-id <-> label mapping, image reading in any PIL mode.
+
+COCO ``[x, y, w, h]`` boxes and category ids stop here: the dataset yields xyxy pixel boxes and
+contiguous labels ``0..K-1``; :class:`CocoIndex` maps labels back to category ids for evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import FcoslabError
+
+log = logging.getLogger("fcoslab")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def check_coco_dict(data, source: str) -> dict:
+    """Validate a COCO detection dictionary and fill optional fields.
+
+    Missing ``iscrowd`` becomes 0 and missing ``area`` becomes ``w * h`` (hand-made files often omit
+    them, and pycocotools then raises KeyError). Every problem raises :class:`FcoslabError` naming
+    ``source`` and the offending key.
+
+    Returns:
+        a new dict with ``images``, ``annotations``, ``categories`` (and ``info`` if present).
+    """
+    if not isinstance(data, dict):
+        raise FcoslabError(f"{source}: top level must be a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise FcoslabError(f"{source}: missing key '{key}' (a COCO file needs images, annotations, categories)")
+        if not isinstance(data[key], list):
+            raise FcoslabError(f"{source}: '{key}' must be a list, got {type(data[key]).__name__}")
+    categories, cat_ids = [], set()
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or isinstance(c.get("id"), bool):
+            raise FcoslabError(f"{source}: categories[{i}] needs an integer 'id', got {c!r:.80}")
+        if c["id"] in cat_ids:
+            raise FcoslabError(f"{source}: categories[{i}] repeats id {c['id']}")
+        cat_ids.add(c["id"])
+        categories.append({"id": c["id"], "name": str(c.get("name", c["id"])),
+                           "supercategory": str(c.get("supercategory", ""))})
+    if not categories:
+        raise FcoslabError(f"{source}: 'categories' is empty")
+    images, image_ids = [], set()
+    for i, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int) or isinstance(im.get("id"), bool):
+            raise FcoslabError(f"{source}: images[{i}] needs an integer 'id', got {im!r:.80}")
+        if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            raise FcoslabError(f"{source}: images[{i}] (id {im['id']}) needs a 'file_name' string")
+        if im["id"] in image_ids:
+            raise FcoslabError(f"{source}: images[{i}] repeats id {im['id']}")
+        for key in ("width", "height"):
+            if key in im and not (_is_number(im[key]) and im[key] > 0):
+                raise FcoslabError(f"{source}: images[{i}] (id {im['id']}) has invalid '{key}' {im[key]!r}")
+        image_ids.add(im["id"])
+        images.append(dict(im))
+    annotations = []
+    for i, a in enumerate(data["annotations"]):
+        where = f"{source}: annotations[{i}]"
+        if not isinstance(a, dict):
+            raise FcoslabError(f"{where} must be an object, got {type(a).__name__}")
+        if a.get("image_id") not in image_ids:
+            raise FcoslabError(f"{where} refers to image_id {a.get('image_id')!r}, which is not in 'images'")
+        if a.get("category_id") not in cat_ids:
+            raise FcoslabError(f"{where} refers to category_id {a.get('category_id')!r}, which is not in 'categories'")
+        bbox = a.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise FcoslabError(f"{where} needs 'bbox' as 4 finite numbers [x, y, w, h], got {bbox!r:.80}")
+        iscrowd = a.get("iscrowd", 0)
+        if iscrowd not in (0, 1, True, False):
+            raise FcoslabError(f"{where} has 'iscrowd' {iscrowd!r}; expected 0 or 1")
+        area = a.get("area", float(bbox[2]) * float(bbox[3]))
+        if not _is_number(area):
+            raise FcoslabError(f"{where} has non-numeric 'area' {area!r}")
+        fixed = dict(a, bbox=[float(v) for v in bbox], iscrowd=int(iscrowd), area=float(area))
+        fixed.setdefault("id", i + 1)
+        annotations.append(fixed)
+    ids = [a["id"] for a in annotations]
+    if len(set(map(repr, ids))) != len(ids):  # pycocotools indexes annotations by id
+        for k, a in enumerate(annotations):
+            a["id"] = k + 1
+    out = {"images": images, "annotations": annotations, "categories": categories}
+    if isinstance(data.get("info"), dict):
+        out["info"] = data["info"]
+    return out
+
+
+def read_coco_json(path: str | Path) -> dict:
+    """Read and validate a COCO annotation file (see :func:`check_coco_dict`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FcoslabError(f"annotation file {path} does not exist")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FcoslabError(f"cannot read annotation file {path}: {e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FcoslabError(f"annotation file {path} is not valid JSON ({e})") from None
+    return check_coco_dict(data, str(path))
+
+
+def coco_api(data: dict):
+    """A pycocotools ``COCO`` object built from an in-memory dict, without its prints."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image file as 8-bit RGB, whatever its mode (L, LA, P, RGBA, CMYK, I;16, F, ...)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except FileNotFoundError:
+        raise FcoslabError(f"image {path} is listed but does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise FcoslabError(f"cannot read image {path}: {e}") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # high bit depth: scale to 8 bits
+        arr = np.asarray(im, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        scale = 255.0 / (65535.0 if hi > 255 else 255.0) if im.mode != "F" else 255.0 / max(hi, 1e-12)
+        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):  # composite transparent pixels on white
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+@dataclass
+class CocoIndex:
+    """Category bookkeeping of one annotation file: contiguous labels <-> COCO category ids."""
+
+    cat_ids: list[int]  # label -> category id, sorted by id
+    names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def label_to_cat_id(self, label: int) -> int:
+        return self.cat_ids[label]
+
+    def cat_id_to_label(self) -> dict[int, int]:
+        return {c: i for i, c in enumerate(self.cat_ids)}
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO-format detection dataset.
+
+    Each item is ``(image, target)`` with image a ``tv_tensors.Image`` uint8 (3, H, W) before the
+    transforms, and target a dict: ``boxes`` BoundingBoxes (M, 4) xyxy pixels, ``labels`` int64 (M,)
+    in ``0..K-1``, ``image_id`` int, ``orig_size`` int64 (2,) as (h, w). Crowd boxes are left out of
+    the targets; images without annotations are kept as negatives. Boxes are clipped to the image and
+    those with non-positive size dropped (counts in ``self.box_report`` and the log).
+    """
+
+    def __init__(self, ann_file: str | Path, image_dir: str | Path, transforms=None, check_images: bool = True,
+                 data: dict | None = None):
+        self.ann_file, self.image_dir, self.transforms = Path(ann_file), Path(image_dir), transforms
+        self.data = data if data is not None else read_coco_json(ann_file)
+        cats = sorted(self.data["categories"], key=lambda c: c["id"])
+        self.index = CocoIndex([c["id"] for c in cats], [c["name"] for c in cats])
+        self.images = sorted(self.data["images"], key=lambda im: im["id"])
+        if not self.image_dir.is_dir():
+            raise FcoslabError(f"image folder {self.image_dir} (for {self.ann_file}) does not exist")
+        if check_images:
+            missing = [im["file_name"] for im in self.images if not (self.image_dir / im["file_name"]).is_file()]
+            if missing:
+                raise FcoslabError(f"{len(missing)} image(s) listed in {self.ann_file} are missing from "
+                                   f"{self.image_dir}, e.g. {', '.join(missing[:3])}")
+        self.targets, self.box_report = self._prepare_targets()
+        if self.box_report["dropped"] or self.box_report["clipped"]:
+            log.info("%s: clipped %d boxes to their image, dropped %d with non-positive size, skipped %d crowd",
+                     self.ann_file, self.box_report["clipped"], self.box_report["dropped"], self.box_report["crowd"])
+
+    def _prepare_targets(self):
+        to_label = self.index.cat_id_to_label()
+        per_image: dict[int, list] = {im["id"]: [] for im in self.images}
+        for a in self.data["annotations"]:
+            per_image[a["image_id"]].append(a)
+        report = {"clipped": 0, "dropped": 0, "crowd": 0}
+        targets = {}
+        for im in self.images:
+            anns = per_image[im["id"]]
+            crowd = [a for a in anns if a["iscrowd"]]
+            report["crowd"] += len(crowd)
+            anns = [a for a in anns if not a["iscrowd"]]
+            boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+            boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+            labels = np.array([to_label[a["category_id"]] for a in anns], dtype=np.int64)
+            if "width" in im and "height" in im:
+                clipped = boxes.copy()
+                clipped[:, 0::2] = clipped[:, 0::2].clip(0, im["width"])
+                clipped[:, 1::2] = clipped[:, 1::2].clip(0, im["height"])
+                report["clipped"] += int((np.abs(clipped - boxes) > 1e-6).any(1).sum())
+                boxes = clipped
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            report["dropped"] += int((~keep).sum())
+            targets[im["id"]] = (boxes[keep].astype(np.float32), labels[keep])
+        return targets, report
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image_path(self, i: int) -> Path:
+        return self.image_dir / self.images[i]["file_name"]
+
+    def load_image(self, i: int) -> Image.Image:
+        return read_image(self.image_path(i))
+
+    def __getitem__(self, i: int):
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as F
+
+        info = self.images[i]
+        pil = self.load_image(i)
+        w, h = pil.size
+        boxes, labels = self.targets[info["id"]]
+        boxes = boxes.copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)  # the file may differ from the json's width/height
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        image = tv_tensors.Image(F.pil_to_tensor(pil))
+        target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(h, w)),
+                  "labels": torch.from_numpy(labels), "image_id": info["id"],
+                  "orig_size": torch.tensor([h, w])}
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target

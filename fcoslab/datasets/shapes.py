@@ -1,0 +1,141 @@
+"""A deterministic synthetic detection dataset in COCO format: the default data of every command.
+
+Each image holds 0-7 filled shapes of four classes on a noisy gradient background with unannotated
+clutter (thin lines and dots). Object sizes are drawn log-uniformly from 6 px to 85% of the image so
+that they spread over the FPN levels; objects may overlap (pairwise IoU up to 0.3).
+Boxes are the tight pixel extents of what was drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ("ellipse", "rectangle", "triangle", "cross")
+# Category ids as COCO files carry them; deliberately not 0..K-1 so the label mapping is always exercised.
+CATEGORY_IDS = (1, 2, 3, 5)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    base = rng.uniform(20, 235, size=3)
+    direction = rng.normal(size=2)
+    ramp = (np.arange(size)[:, None] * direction[1] + np.arange(size)[None, :] * direction[0]) / size
+    img = base[None, None, :] + rng.uniform(-40, 40, size=3)[None, None, :] * ramp[..., None]
+    img += rng.normal(0, rng.uniform(2, 12), size=(size, size, 3))  # colour noise
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
+    for _ in range(rng.integers(0, 5)):
+        xy = [tuple(rng.integers(0, size, 2).tolist()), tuple(rng.integers(0, size, 2).tolist())]
+        draw.line(xy, fill=tuple(rng.integers(0, 256, 3).tolist()), width=1)
+    for _ in range(rng.integers(0, 8)):
+        x, y = rng.integers(0, size, 2).tolist()
+        r = int(rng.integers(1, 3))
+        draw.ellipse([x, y, x + r, y + r], fill=tuple(rng.integers(0, 256, 3).tolist()))
+
+
+def _contrasting_colour(rng: np.random.Generator, bg: np.ndarray) -> tuple[int, int, int]:
+    for _ in range(20):
+        colour = rng.integers(0, 256, 3)
+        if np.abs(colour - bg).sum() > 150:
+            break
+    return tuple(int(c) for c in colour)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, cls: int, box: list[int], colour) -> None:
+    x1, y1, x2, y2 = box  # inclusive pixel corners
+    if cls == 0:
+        draw.ellipse([x1, y1, x2, y2], fill=colour)
+    elif cls == 1:
+        draw.rectangle([x1, y1, x2, y2], fill=colour)
+    elif cls == 2:
+        draw.polygon([(x1, y2), (x2, y2), ((x1 + x2) // 2, y1)], fill=colour)
+    else:
+        tw, th = max(1, (x2 - x1) // 3), max(1, (y2 - y1) // 3)
+        cx1, cy1 = x1 + tw, y1 + th
+        draw.rectangle([cx1, y1, x2 - tw, y2], fill=colour)
+        draw.rectangle([x1, cy1, x2, y2 - th], fill=colour)
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def render_image(seed_seq: list[int], size: int) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
+    """Render one image. Returns the PIL image and ``[(class_index, [x1, y1, x2, y2]), ...]``."""
+    rng = np.random.default_rng(seed_seq)
+    pixels = _background(rng, size)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    _clutter(draw, rng, size)
+    objects: list[tuple[int, list[float]]] = []
+    n_objects = 0 if rng.random() < 0.05 else int(rng.integers(1, 8))
+    min_side, max_side = 6.0, 0.85 * size
+    for _ in range(n_objects):
+        for _attempt in range(20):
+            side = math.exp(rng.uniform(math.log(min_side), math.log(max_side)))
+            aspect = math.exp(rng.uniform(-0.4, 0.4))
+            w = int(np.clip(round(side * aspect), 4, size - 2))
+            h = int(np.clip(round(side / aspect), 4, size - 2))
+            x1 = int(rng.integers(0, size - w))
+            y1 = int(rng.integers(0, size - h))
+            box = [float(x1), float(y1), float(x1 + w), float(y1 + h)]  # continuous extent of pixels
+            if all(_iou(box, other) <= 0.3 for _, other in objects):
+                break
+        else:
+            continue
+        objects.append((int(rng.integers(0, len(CLASSES))), box))
+    # Large objects first, so that a small one is never hidden under a larger one drawn after it.
+    objects.sort(key=lambda o: -(o[1][2] - o[1][0]) * (o[1][3] - o[1][1]))
+    for cls, box in objects:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        bg = pixels[y1:y2, x1:x2].reshape(-1, 3).mean(0)
+        _draw_shape(draw, cls, [x1, y1, x2 - 1, y2 - 1], _contrasting_colour(rng, bg))
+    return image, objects
+
+
+def make_shapes(out: str | os.PathLike, train: int = 768, val: int = 128, image_size: int = 128,
+                seed: int = 0) -> dict[str, Path]:
+    """Write ``OUT/{train,val}/*.png`` and ``OUT/{train,val}.json`` (COCO format).
+
+    The same arguments always give the same files. Each json is written last, through a temporary
+    file and a rename, so a set interrupted half-way is never mistaken for a complete one.
+
+    Returns:
+        ``{"train": json_path, "val": json_path}``.
+    """
+    out = Path(out)
+    categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in zip(CATEGORY_IDS, CLASSES)]
+    paths = {}
+    for split_index, (split, count) in enumerate((("train", train), ("val", val))):
+        image_dir = out / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            image, objects = render_image([seed, split_index, i], image_size)
+            name = f"{i:06d}.png"
+            image.save(image_dir / name)
+            images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
+            for cls, (x1, y1, x2, y2) in objects:
+                w, h = x2 - x1, y2 - y1
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                    "category_id": CATEGORY_IDS[cls], "bbox": [x1, y1, w, h],
+                                    "area": w * h, "iscrowd": 0})
+        ann = {"info": {"description": f"fcoslab shapes, seed {seed}, {split}"}, "images": images,
+               "annotations": annotations, "categories": categories}
+        path = out / f"{split}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(ann))
+        os.replace(tmp, path)
+        paths[split] = path
+    return paths

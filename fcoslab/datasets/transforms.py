@@ -1,0 +1,87 @@
+"""Augmentation (torchvision.transforms.v2 on tv_tensors) and batching with padding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from ..config import DataConfig
+
+
+def resized_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Shape after scaling the shorter side to ``min_size`` with the longer side at most ``max_size``."""
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+class ResizeShortest:
+    """Resize keeping aspect: shorter side drawn from ``min_sizes`` (scale jitter), longer <= ``max_size``."""
+
+    def __init__(self, min_sizes: tuple[int, ...] | int, max_size: int):
+        self.min_sizes = (min_sizes,) if isinstance(min_sizes, int) else tuple(min_sizes)
+        self.max_size = max_size
+
+    def __call__(self, image, target):
+        h, w = image.shape[-2:]
+        pick = self.min_sizes[int(torch.randint(len(self.min_sizes), ()))] if len(self.min_sizes) > 1 else self.min_sizes[0]
+        size = list(resized_shape(h, w, pick, self.max_size))
+        if size != [h, w]:
+            image = F.resize(image, size, antialias=True)
+            target = dict(target, boxes=F.resize(target["boxes"], size))
+        return image, target
+
+
+def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
+    steps = [ResizeShortest(cfg.min_size if train else cfg.test_min_size, cfg.max_size)]
+    if train and cfg.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(cfg.hflip))
+    if train and cfg.color_jitter > 0:
+        j = cfg.color_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes(min_size=1.0)]
+    return v2.Compose(steps)
+
+
+def collate(batch: list, size_divisibility: int = 128) -> dict:
+    """Pad a list of ``(image (3, h, w) float, target)`` into one batch.
+
+    Returns a dict with ``images`` float (B, 3, H, W) zero-padded at the bottom and right to a
+    multiple of ``size_divisibility``; ``image_sizes`` int64 (B, 2) the (h, w) of each image before
+    padding; ``orig_sizes`` int64 (B, 2) the (h, w) of the original files; ``boxes`` list of float
+    (M_b, 4) xyxy pixels in the resized image; ``labels`` list of int64 (M_b,); ``image_ids`` list of int.
+    """
+    images = [img for img, _ in batch]
+    hs, ws = [im.shape[-2] for im in images], [im.shape[-1] for im in images]
+    d = size_divisibility
+    H, W = math.ceil(max(hs) / d) * d, math.ceil(max(ws) / d) * d
+    out = images[0].new_zeros((len(images), 3, H, W))
+    for i, im in enumerate(images):
+        out[i, :, : im.shape[-2], : im.shape[-1]] = im
+    return {
+        "images": out.as_subclass(torch.Tensor),
+        "image_sizes": torch.tensor(list(zip(hs, ws)), dtype=torch.int64),
+        "orig_sizes": torch.stack([t["orig_size"] for _, t in batch]),
+        "boxes": [t["boxes"].as_subclass(torch.Tensor).float() for _, t in batch],
+        "labels": [t["labels"] for _, t in batch],
+        "image_ids": [int(t["image_id"]) for _, t in batch],
+    }
+
+
+def pad_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-image targets into padded tensors.
+
+    Returns:
+        gt_boxes float (B, M, 4) xyxy pixels and gt_labels int64 (B, M) with -1 in padded slots,
+        M the largest number of boxes in the batch (0 if no image has one).
+    """
+    B, M = len(boxes), max((len(b) for b in boxes), default=0)
+    device = boxes[0].device if boxes else "cpu"
+    gt_boxes = torch.zeros((B, M, 4), dtype=torch.float32, device=device)
+    gt_labels = torch.full((B, M), -1, dtype=torch.int64, device=device)
+    for i, (b, l) in enumerate(zip(boxes, labels)):
+        gt_boxes[i, : len(b)] = b
+        gt_labels[i, : len(l)] = l
+    return gt_boxes, gt_labels

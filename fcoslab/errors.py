@@ -1,0 +1,8 @@
+"""The one exception type for user mistakes: the CLI prints its message and exits with status 2."""
+
+
+class FcoslabError(Exception):
+    """A problem with the user's input (a file, a config key, a value), described in plain words.
+
+    The message always names the file, key or value and says what is wrong with it.
+    """
