@@ -1,0 +1,93 @@
+"""COCO evaluation with pycocotools: detections -> COCO results json -> the 12 COCOeval numbers."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from .boxes import xyxy_to_xywh
+from .config import Config
+from .datasets.coco import CocoIndex, coco_api
+from .decode import decode
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+_SUMMARY_ROWS = [  # (metric, iou, area, maxDets) in the order pycocotools prints them
+    ("Average Precision", "0.50:0.95", "all", 100), ("Average Precision", "0.50", "all", 100),
+    ("Average Precision", "0.75", "all", 100), ("Average Precision", "0.50:0.95", "small", 100),
+    ("Average Precision", "0.50:0.95", "medium", 100), ("Average Precision", "0.50:0.95", "large", 100),
+    ("Average Recall", "0.50:0.95", "all", 1), ("Average Recall", "0.50:0.95", "all", 10),
+    ("Average Recall", "0.50:0.95", "all", 100), ("Average Recall", "0.50:0.95", "small", 100),
+    ("Average Recall", "0.50:0.95", "medium", 100), ("Average Recall", "0.50:0.95", "large", 100)]
+
+
+def summary_text(stats: dict[str, float]) -> str:
+    """The 12 summary lines in pycocotools' layout."""
+    lines = []
+    for (metric, iou, area, dets), name in zip(_SUMMARY_ROWS, STAT_NAMES):
+        short = "(AP)" if metric.startswith("Average Precision") else "(AR)"
+        lines.append(f" {metric:<18} {short} @[ IoU={iou:<9} | area={area:>6s} | maxDets={dets:>3d} ] = "
+                     f"{stats[name]:0.3f}")
+    return "\n".join(lines)
+
+
+def to_coco_results(detections: Iterable[tuple[int, dict]], index: CocoIndex) -> list[dict]:
+    """``[(image_id, {"boxes", "scores", "labels"}), ...]`` -> COCO results (xywh, category ids)."""
+    results = []
+    for image_id, det in detections:
+        boxes = xyxy_to_xywh(det["boxes"].float().cpu()).tolist()
+        for box, score, label in zip(boxes, det["scores"].tolist(), det["labels"].tolist()):
+            results.append({"image_id": int(image_id), "category_id": index.label_to_cat_id(int(label)),
+                            "bbox": [round(v, 2) for v in box], "score": round(float(score), 5)})
+    return results
+
+
+def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] = None):
+    """Score COCO results against a ground-truth dict (as :func:`read_coco_json` returns it).
+
+    An empty result list scores 0 everywhere (pycocotools' ``loadRes([])`` would raise IndexError).
+
+    Returns:
+        (stats dict keyed by :data:`STAT_NAMES`, the ``COCOeval`` object or None when there were no results).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return {name: 0.0 for name in STAT_NAMES}, None
+    coco_gt = coco_api(gt)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}, evaluator
+
+
+@torch.no_grad()
+def predict_loader(model, loader, cfg: Config, device: torch.device, autocast_dtype=None):
+    """Run the model over a loader; yields ``(image_id, detections)`` on the CPU."""
+    model.eval()
+    for batch in loader:
+        images = batch["images"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            outputs = model(images)
+        dets = decode(outputs, batch["image_sizes"].to(device), batch["orig_sizes"].to(device), cfg.decode)
+        for image_id, det in zip(batch["image_ids"], dets):
+            yield image_id, {k: v.cpu() for k, v in det.items()}
+
+
+def per_class_ap(evaluator) -> np.ndarray:
+    """AP@[.5:.95] of each category (K,), from an accumulated COCOeval; nan where a class has no GT."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K) at area=all, maxDets=100
+    out = np.full(precision.shape[2], np.nan)
+    for k in range(precision.shape[2]):
+        valid = precision[:, :, k][precision[:, :, k] > -1]
+        if valid.size:
+            out[k] = valid.mean()
+    return out

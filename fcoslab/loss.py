@@ -1,0 +1,55 @@
+"""FCOS losses: focal loss for classes, IoU or GIoU for boxes, BCE for center-ness."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops
+from .boxes import ltrb_iou
+from .config import LossConfig
+
+
+def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
+              all_reduce: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, Tensor]:
+    """Loss of one batch, each part normalised by the number of positive points (at least 1).
+
+    Args:
+        outputs: the model's output dict (``cls_logits`` (B, P, K), ``bbox_ltrb`` (B, P, 4),
+            ``centerness`` (B, P) or None).
+        targets: :func:`fcoslab.targets.fcos_targets` of the same batch.
+        all_reduce: sums a tensor over processes under distributed training, so that every rank
+            normalises by the global count of positives (None: single process).
+    Returns:
+        dict with ``loss`` (the total to backpropagate), ``cls``, ``box`` and ``centerness`` scalars,
+        and ``num_pos`` (float, over all processes).
+    """
+    logits, ltrb_pred, ctr_pred = outputs["cls_logits"], outputs["bbox_ltrb"], outputs["centerness"]
+    labels, ltrb_t, ctr_t = targets["labels"], targets["ltrb"], targets["centerness"]
+    K = logits.shape[-1]
+    positive = labels >= 0  # (B, P)
+    reduce = all_reduce or (lambda t: t)
+    num_pos = reduce(positive.sum().float()).clamp(min=1.0)
+
+    cls = ops.sigmoid_focal_loss(logits.reshape(-1, K).float(), labels.reshape(-1), cfg.focal_alpha,
+                                 cfg.focal_gamma, reduction="sum") / num_pos
+    iou, giou = ltrb_iou(ltrb_pred[positive].float(), ltrb_t[positive])  # (num_pos_local,)
+    per_box = -torch.log(iou.clamp(min=1e-6)) if cfg.box == "iou" else 1.0 - giou
+    parts = {"cls": cls}
+    if ctr_pred is not None:
+        ctr_target = ctr_t[positive]
+        if cfg.centerness_weighted_box:
+            weight_sum = reduce(ctr_target.sum().detach()).clamp(min=1e-6)
+            parts["box"] = (per_box * ctr_target).sum() / weight_sum
+        else:
+            parts["box"] = per_box.sum() / num_pos
+        parts["centerness"] = F.binary_cross_entropy_with_logits(
+            ctr_pred[positive].float(), ctr_target, reduction="sum") / num_pos
+    else:
+        parts["box"] = per_box.sum() / num_pos
+        parts["centerness"] = torch.zeros((), device=logits.device)
+    total = parts["cls"] + cfg.box_weight * parts["box"] + parts["centerness"]
+    return {"loss": total, **{k: v.detach() for k, v in parts.items()}, "num_pos": num_pos.detach()}

@@ -1,0 +1,206 @@
+"""The FCOS network: ResNet backbone, FPN P3-P7 and a shared head.
+
+``forward`` returns raw head outputs in train and eval mode; targets, losses and decoding are plain
+functions elsewhere. Images come in as float (B, 3, H, W) in [0, 1]; ImageNet normalisation is the
+model's first step. No resizing happens inside the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from .config import Config, ModelConfig
+from .errors import FcoslabError
+
+log = logging.getLogger("fcoslab")
+
+_BACKBONE_CHANNELS = {"resnet18": (128, 256, 512), "resnet34": (128, 256, 512),
+                      "resnet50": (512, 1024, 2048), "resnet101": (512, 1024, 2048)}
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet returning C3, C4, C5 (strides 8, 16, 32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
+        weights = None
+        if cfg.torchvision_weights:
+            weights = torchvision.models.get_model_weights(cfg.backbone).DEFAULT
+        net = getattr(torchvision.models, cfg.backbone)(weights=weights, norm_layer=norm)
+        if cfg.backbone_weights:
+            load_backbone_weights(net, cfg.backbone_weights)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = _BACKBONE_CHANNELS[cfg.backbone]
+        for stage in [self.stem, self.layer1, self.layer2, self.layer3, self.layer4][: cfg.freeze_at]:
+            stage.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        c2 = self.layer1(self.stem(x))
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c3, c4, c5]
+
+
+def load_backbone_weights(net: nn.Module, path: str) -> None:
+    """Load a local ImageNet state_dict (torchvision's key names; a ``fc.`` head is ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FcoslabError(f"config key 'model.backbone_weights': file {p} does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a file that is not a checkpoint
+        raise FcoslabError(f"cannot load backbone weights {p}: {e}") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise FcoslabError(f"backbone weights {p} do not fit the backbone: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+
+
+class FPN(nn.Module):
+    """Feature pyramid P3-P7 from C3-C5; P6 from P5 (or C5) by a stride-2 conv, P7 from relu(P6)."""
+
+    def __init__(self, in_channels: tuple[int, int, int], channels: int, p6_from: str):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
+        self.p6_from = p6_from
+        self.p6 = nn.Conv2d(channels if p6_from == "p5" else in_channels[-1], channels, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        inner = self.lateral[-1](feats[-1])
+        outs = [self.output[-1](inner)]
+        for i in range(len(feats) - 2, -1, -1):
+            lateral = self.lateral[i](feats[i])
+            inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
+            outs.insert(0, self.output[i](inner))
+        p6 = self.p6(outs[-1] if self.p6_from == "p5" else feats[-1])
+        p7 = self.p7(F.relu(p6))
+        return outs + [p6, p7]
+
+
+class Scale(nn.Module):
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class Head(nn.Module):
+    """Shared FCOS head: a classification tower and a regression tower (with center-ness on it)."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        c = cfg.fpn_channels
+
+        def tower() -> nn.Sequential:
+            layers = []
+            for _ in range(cfg.head_convs):
+                layers.append(nn.Conv2d(c, c, 3, padding=1))
+                if cfg.head_norm == "gn":
+                    layers.append(nn.GroupNorm(32, c))
+                layers.append(nn.ReLU(inplace=True))
+            return nn.Sequential(*layers)
+
+        self.cls_tower, self.reg_tower = tower(), tower()
+        self.cls_logits = nn.Conv2d(c, num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(c, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(c, 1, 3, padding=1) if cfg.centerness else None
+        self.scales = nn.ModuleList(Scale(1.0) for _ in cfg.strides)
+        self.regression, self.strides = cfg.regression, cfg.strides
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - cfg.prior_prob) / cfg.prior_prob))
+
+    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        logits, ltrb, ctr = [], [], []
+        for level, (x, stride) in enumerate(zip(feats, self.strides)):
+            cls_feat, reg_feat = self.cls_tower(x), self.reg_tower(x)
+            logits.append(self.cls_logits(cls_feat).flatten(2))  # (B, K, H*W)
+            reg = self.scales[level](self.bbox_pred(reg_feat)).float()
+            reg = F.relu(reg) * stride if self.regression == "relu_stride" else torch.exp(reg.clamp(max=20))
+            ltrb.append(reg.flatten(2))  # (B, 4, H*W)
+            if self.centerness is not None:
+                ctr.append(self.centerness(reg_feat).flatten(2))  # (B, 1, H*W)
+        logits_all = torch.cat(logits, dim=2).transpose(1, 2)  # (B, P, K)
+        ltrb_all = torch.cat(ltrb, dim=2).transpose(1, 2)  # (B, P, 4)
+        ctr_all = torch.cat(ctr, dim=2)[:, 0] if ctr else None  # (B, P)
+        return logits_all, ltrb_all, ctr_all
+
+
+def make_points(sizes: list[tuple[int, int]], strides: tuple[int, ...], offset: float,
+                device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Point locations of every level, level after level, row-major within a level.
+
+    Returns:
+        points float (P, 2) xy pixels at ``(i + offset) * stride``; strides float (P,).
+    """
+    points, point_strides = [], []
+    for (h, w), s in zip(sizes, strides):
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + offset) * s
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + offset) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))  # (h*w, 2)
+        point_strides.append(torch.full((h * w,), float(s), device=device))
+    return torch.cat(points), torch.cat(point_strides)
+
+
+class FCOS(nn.Module):
+    """FCOS detector. ``forward(images)`` returns a dict of raw outputs.
+
+    Returns (dict):
+        ``cls_logits`` float (B, P, K); ``bbox_ltrb`` float32 (B, P, 4) distances in pixels;
+        ``centerness`` float (B, P) logits or None; ``points`` float (P, 2) xy pixels;
+        ``strides`` float (P,); ``level_sizes`` list of L (h, w).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
+        self.backbone = Backbone(cfg)
+        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.p6_from)
+        self.head = Head(cfg, num_classes)
+        self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> dict:
+        x = (images - self.pixel_mean) / self.pixel_std
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.fpn(self.backbone(x))
+        logits, ltrb, ctr = self.head(feats)
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        points, strides = make_points(sizes, self.cfg.strides, self.cfg.point_offset, images.device)
+        return {"cls_logits": logits, "bbox_ltrb": ltrb, "centerness": ctr, "points": points,
+                "strides": strides, "level_sizes": sizes}
+
+
+def build_model(cfg: Config, num_classes: int) -> FCOS:
+    if num_classes < 1:
+        raise FcoslabError(f"the model needs at least one class, got num_classes={num_classes}")
+    if cfg.model.frozen_bn and not (cfg.model.backbone_weights or cfg.model.torchvision_weights):
+        log.warning("frozen BatchNorm without pretrained weights: set model.backbone_weights=PATH "
+                    "(or model.torchvision_weights=true), or model.frozen_bn=false to train from scratch")
+    return FCOS(cfg.model, num_classes)

@@ -1,0 +1,269 @@
+"""Training: SGD with warm-up and step decay, AMP, checkpoints, resume, per-epoch COCO mAP history.
+
+Runs in one process or under torchrun (DistributedDataParallel). Rank 0 alone writes ``config.json``,
+``last.pt`` and ``history.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from . import distributed as dist
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
+from .config import Config, config_from_dict
+from .datasets import EpochBatchSampler, build_datasets, make_loader, pad_targets
+from .errors import FcoslabError
+from .evaluate import STAT_NAMES, coco_evaluate, predict_loader, to_coco_results
+from .loss import fcos_loss
+from .model import build_model
+from .targets import fcos_targets
+
+log = logging.getLogger("fcoslab")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FcoslabError(f"config key 'train.device' is '{name}' but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
+    amp = cfg.train.amp
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
+
+
+def lr_factor(step: int, epoch: int, cfg: Config) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup_iters`` steps, then x gamma at each lr step."""
+    t = cfg.train
+    decay = t.lr_gamma ** sum(epoch >= s for s in t.lr_steps)
+    if step < t.warmup_iters:
+        alpha = step / t.warmup_iters
+        return decay * (t.warmup_factor * (1 - alpha) + alpha)
+    return decay
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms, biases, scales
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, momentum=cfg.train.momentum)
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise FcoslabError(f"run folder {out} cannot be written: {e.strerror or e}") from None
+
+
+class Trainer:
+    """One training run in a run folder. ``run()`` trains to the configured number of epochs."""
+
+    def __init__(self, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
+                 on_step: Optional[Callable[[dict], None]] = None, on_eval: Optional[Callable[[dict], None]] = None):
+        self.out, self.progress, self.on_step, self.on_eval = Path(out), progress, on_step, on_eval
+        ckpt = None
+        if resume:
+            ckpt = load_checkpoint(self.out / "last.pt")
+            cfg = config_from_dict(ckpt["config"])
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        self.rank, self.world, local_rank = dist.init(self.device.type)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        if cfg.train.batch_size % self.world:
+            raise FcoslabError(f"config key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by "
+                               f"the number of processes ({self.world})")
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if dist.is_main():
+            check_writable(self.out)
+        torch.manual_seed(cfg.train.seed)
+        self.train_set, self.val_set = build_datasets(cfg)
+        self.index = self.train_set.index
+        self.model = build_model(cfg, cfg.model.num_classes or self.index.num_classes).to(self.device)
+        if cfg.model.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.world > 1 and not cfg.model.frozen_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.amp_dtype = autocast_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.batches_per_epoch = EpochBatchSampler(len(self.train_set), cfg.train.batch_size, 0, 1, cfg.train.seed).num_batches
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        self.history: list[dict] = []
+        self.nonfinite_total = 0
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.world > 1 else self.model)
+        if dist.is_main():
+            write_json(self.out / "config.json", cfg.to_dict())
+            write_json(self.out / "history.json", self.history)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+                "batch_in_epoch": self.batch_in_epoch, "config": self.cfg.to_dict(),
+                "num_classes": self.model.num_classes, "cat_ids": list(self.index.cat_ids),
+                "class_names": list(self.index.names), "history": self.history,
+                "nonfinite_total": self.nonfinite_total, "rng": rng_state()}
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step, self.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
+        self.history, self.nonfinite_total = list(ckpt["history"]), ckpt.get("nonfinite_total", 0)
+        set_rng_state(ckpt["rng"])
+        log.info("resumed %s at epoch %d, step %d", self.out, self.epoch, self.step)
+
+    def save(self) -> None:
+        if dist.is_main():
+            save_checkpoint(self.out / "last.pt", self._state())
+            write_json(self.out / "history.json", self.history)  # always the checkpoint's own history
+        dist.barrier()
+
+    # ----------------------------------------------------------------- steps
+    def train_step(self, batch: dict) -> Optional[dict]:
+        """One optimisation step. Returns the loss parts, or None when the loss was not finite."""
+        lr = self.cfg.train.lr * lr_factor(self.step, self.epoch, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = batch["images"].to(self.device, non_blocking=True)
+        gt_boxes, gt_labels = pad_targets([b.to(self.device) for b in batch["boxes"]],
+                                          [l.to(self.device) for l in batch["labels"]])
+        if self.cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with amp:
+            outputs = self.ddp(images)
+        targets = fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
+                               self.cfg.assign)
+        losses = fcos_loss(outputs, targets, self.cfg.loss, all_reduce=dist.all_reduce_mean)
+        finite = torch.isfinite(losses["loss"]).float()
+        if dist.all_reduce_mean(finite).item() < 1.0:  # every rank skips together
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        parts = {k: float(dist.all_reduce_mean(v.detach()).item()) for k, v in losses.items() if k != "num_pos"}
+        parts["lr"] = lr
+        return parts
+
+    def train_epoch(self) -> dict:
+        sampler = EpochBatchSampler(len(self.train_set), self.cfg.train.batch_size, self.rank, self.world,
+                                    self.cfg.train.seed, epoch=self.epoch, start_batch=self.batch_in_epoch)
+        loader = make_loader(self.train_set, sampler, self.cfg)
+        sums: dict[str, float] = {}
+        count, consecutive_bad = 0, 0
+        bar = None
+        if self.progress and dist.is_main():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, mininterval=1.0,
+                       desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", dynamic_ncols=True)
+        for batch in loader:
+            parts = self.train_step(batch)
+            self.step += 1
+            self.batch_in_epoch += 1
+            if parts is None:
+                self.nonfinite_total += 1
+                consecutive_bad += 1
+                log.warning("non-finite loss at step %d: step skipped (%d in a row, %d in all)",
+                            self.step, consecutive_bad, self.nonfinite_total)
+                if consecutive_bad >= self.cfg.train.max_nonfinite:
+                    raise FcoslabError(f"training stopped: {consecutive_bad} non-finite losses in a row at step "
+                                       f"{self.step} (lower train.lr or raise train.grad_clip); the last good "
+                                       f"checkpoint {self.out / 'last.pt'} is intact")
+            else:
+                consecutive_bad = 0
+                count += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if bar is not None:
+                    bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{parts['lr']:.4g}", refresh=False)
+                if self.on_step is not None and dist.is_main():
+                    self.on_step({"epoch": self.epoch, "step": self.step, **parts})
+            if bar is not None:
+                bar.update(1)
+            every = self.cfg.train.checkpoint_every
+            if every and self.step % every == 0 and self.batch_in_epoch < self.batches_per_epoch:
+                self.save()
+        if bar is not None:
+            bar.close()
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def evaluate(self) -> dict[str, float]:
+        """COCO stats on the validation set; inference is split over processes and gathered on rank 0."""
+        shard = torch.utils.data.Subset(self.val_set, list(range(self.rank, len(self.val_set), self.world)))
+        loader = make_loader(shard, None, self.cfg, batch_size=max(1, self.cfg.train.batch_size // self.world))
+        detections = list(predict_loader(self.model, loader, self.cfg, self.device, self.amp_dtype))
+        gathered = dist.all_gather_objects(to_coco_results(detections, self.index))
+        self.model.train()
+        if not dist.is_main():
+            return {}
+        results = [r for part in gathered for r in part]
+        stats, _ = coco_evaluate(self.val_set.data, results)
+        return stats
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        self.model.train()
+        while self.epoch < cfg.train.epochs:
+            started = time.time()
+            losses = self.train_epoch()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            if self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs:
+                stats = self.evaluate()
+                if dist.is_main():
+                    record = {"epoch": self.epoch, "step": self.step,
+                              **{f"loss_{k}" if k != "loss" else "loss": round(v, 5) for k, v in losses.items() if k != "lr"},
+                              **{k: round(stats[k], 5) for k in STAT_NAMES},
+                              "seconds": round(time.time() - started, 2)}
+                    self.history.append(record)
+                    log.info("epoch %d: AP %.3f AP50 %.3f AP75 %.3f", self.epoch, stats["AP"], stats["AP50"], stats["AP75"])
+                    if self.on_eval is not None:
+                        self.on_eval(record)
+            self.save()
+        return self.history
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, **kwargs) -> list[dict]:
+    """Train ``cfg`` into run folder ``out`` (or continue it with ``resume=True``); returns the history."""
+    return Trainer(cfg, out, resume=resume, **kwargs).run()
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "history.json"
+    if not path.is_file():
+        raise FcoslabError(f"{path} does not exist: is {run_dir} a run folder?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FcoslabError(f"{path} is not valid JSON ({e})") from None
