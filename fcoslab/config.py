@@ -86,6 +86,7 @@ class DecodeConfig:
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 16  # global: split over processes under torchrun
+    optimizer: str = "sgd"  # sgd (momentum) | adamw
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -264,7 +265,8 @@ def validate(cfg: Config) -> None:
                "model.p6_from": (m.p6_from, ("p5", "c5")), "model.head_norm": (m.head_norm, ("gn", "none")),
                "model.regression": (m.regression, ("exp", "relu_stride")),
                "loss.box": (cfg.loss.box, ("iou", "giou")),
-               "train.amp": (cfg.train.amp, ("auto", "fp16", "bf16", "off"))}
+               "train.amp": (cfg.train.amp, ("auto", "fp16", "bf16", "off")),
+               "train.optimizer": (cfg.train.optimizer, ("sgd", "adamw"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise FcoslabError(f"config key '{key}': '{value}' is not one of {', '.join(allowed)}")

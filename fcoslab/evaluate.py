@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
@@ -13,6 +14,7 @@ from .boxes import xyxy_to_xywh
 from .config import Config
 from .datasets.coco import CocoIndex, coco_api
 from .decode import decode
+from .errors import FcoslabError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 _SUMMARY_ROWS = [  # (metric, iou, area, maxDets) in the order pycocotools prints them
@@ -91,3 +93,32 @@ def per_class_ap(evaluator) -> np.ndarray:
         if valid.size:
             out[k] = valid.mean()
     return out
+
+
+def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, image_dir: Optional[str] = None,
+                        results_out: Optional[str | Path] = None, device: str = "auto", batch_size: int = 8):
+    """Evaluate a run folder or checkpoint on its validation set (or ``ann_file`` + ``image_dir``).
+
+    Returns:
+        (stats dict, COCO results list, COCOeval or None). Writes the results json when ``results_out``.
+    """
+    from .checkpoint import write_json
+    from .datasets import CocoDetection, build_transforms, make_loader
+    from .predict import Predictor
+
+    predictor = Predictor(checkpoint, device=device)
+    cfg = predictor.cfg
+    if (ann_file is None) != (image_dir is None):
+        raise FcoslabError("give both --ann and --images, or neither (to use the run's validation set)")
+    ann_file, image_dir = ann_file or cfg.data.val_ann, image_dir or cfg.data.val_images
+    dataset = CocoDetection(ann_file, image_dir, build_transforms(cfg.data, train=False))
+    if dataset.index.cat_ids != predictor.cat_ids:
+        raise FcoslabError(f"{ann_file} has category ids {dataset.index.cat_ids[:10]}, but the model was trained "
+                           f"on {predictor.cat_ids[:10]}")
+    loader = make_loader(dataset, None, cfg, batch_size=batch_size)
+    detections = predict_loader(predictor.model, loader, cfg, predictor.device)
+    results = to_coco_results(detections, dataset.index)
+    if results_out is not None:
+        write_json(Path(results_out), results)
+    stats, evaluator = coco_evaluate(dataset.data, results)
+    return stats, results, evaluator

@@ -54,13 +54,15 @@ def lr_factor(step: int, epoch: int, cfg: Config) -> float:
     return decay
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.SGD:
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms, biases, scales
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr, momentum=cfg.train.momentum)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.train.lr)
+    return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
 
 
 def check_writable(out: Path) -> None:
@@ -83,6 +85,8 @@ class Trainer:
         if resume:
             ckpt = load_checkpoint(self.out / "last.pt")
             cfg = config_from_dict(ckpt["config"])
+        elif cfg is None:
+            raise FcoslabError("train: give a config, or resume=True with a run folder")
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         self.rank, self.world, local_rank = dist.init(self.device.type)

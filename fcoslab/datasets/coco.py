@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import FcoslabError
 
@@ -126,11 +126,17 @@ def coco_api(data: dict):
     return coco
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB, whatever its mode (L, LA, P, RGBA, CMYK, I;16, F, ...)."""
+def read_image(path: str | Path, exif_transpose: bool = False) -> Image.Image:
+    """Open an image file as 8-bit RGB, whatever its mode (L, LA, P, RGBA, CMYK, I;16, F, ...).
+
+    ``exif_transpose`` applies the EXIF orientation of photos (for prediction; COCO annotations refer
+    to the stored pixels, so datasets leave it off).
+    """
     try:
         with Image.open(path) as im:
             im.load()
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
             return to_rgb(im)
     except FileNotFoundError:
         raise FcoslabError(f"image {path} is listed but does not exist") from None

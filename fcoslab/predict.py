@@ -1,0 +1,122 @@
+"""Inference on image files with a trained checkpoint, and drawing of detections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image, ImageDraw
+
+from .checkpoint import load_checkpoint, write_json
+from .config import config_from_dict
+from .datasets import read_image, resized_shape
+from .datasets.coco import to_rgb
+from .datasets.transforms import collate
+from .decode import decode
+from .errors import FcoslabError
+from .model import build_model
+from .train import resolve_device
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+
+
+class Predictor:
+    """A trained detector: ``Predictor("runs/shapes")`` or ``Predictor("runs/shapes/last.pt")``."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto"):
+        ckpt = load_checkpoint(checkpoint)
+        self.cfg = config_from_dict(ckpt["config"])
+        self.device = resolve_device(device)
+        self.model = build_model(self.cfg.replace(**{"model.backbone_weights": "", "model.torchvision_weights": False}),
+                                 ckpt["num_classes"])
+        self.model.load_state_dict(ckpt["model"])
+        self.model.to(self.device).eval()
+        self.class_names: list[str] = list(ckpt["class_names"])
+        self.cat_ids: list[int] = list(ckpt["cat_ids"])
+        self.epoch = ckpt["epoch"]
+
+    def _prepare(self, image: Image.Image) -> tuple[torch.Tensor, dict]:
+        from torchvision.transforms.v2 import functional as F
+
+        tensor = F.to_dtype(F.pil_to_tensor(to_rgb(image)), torch.float32, scale=True)
+        h, w = tensor.shape[-2:]
+        size = list(resized_shape(h, w, self.cfg.data.test_min_size, self.cfg.data.max_size))
+        tensor = F.resize(tensor, size, antialias=True)
+        target = {"orig_size": torch.tensor([h, w]), "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                  "image_id": 0}
+        return tensor, target
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[Image.Image], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+        """Detections for PIL images: one dict per image with ``boxes`` float (N, 4) xyxy pixels of the
+        image as given, ``scores`` (N,), ``labels`` int64 (N,)."""
+        results = []
+        for start in range(0, len(images), batch_size):
+            batch = collate([self._prepare(im) for im in images[start:start + batch_size]], max(self.cfg.model.strides))
+            outputs = self.model(batch["images"].to(self.device))
+            dets = decode(outputs, batch["image_sizes"].to(self.device), batch["orig_sizes"].to(self.device),
+                          self.cfg.decode)
+            results += [{k: v.cpu() for k, v in d.items()} for d in dets]
+        return results
+
+
+def draw_detections(image: Image.Image, det: dict, class_names: Sequence[str], score_thresh: float = 0.0,
+                    gt: Optional[dict] = None, width: int = 2) -> Image.Image:
+    """A copy of ``image`` with detections (coloured by class, with label and score) and optional
+    ground truth (``{"boxes", "labels"}``, drawn white and dashed-thin) drawn on it."""
+    out = to_rgb(image).copy()
+    draw = ImageDraw.Draw(out)
+    if gt is not None:
+        for box in gt["boxes"].tolist():
+            draw.rectangle(box, outline=(255, 255, 255), width=1)
+    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        if score < score_thresh:
+            continue
+        colour = PALETTE[label % len(PALETTE)]
+        draw.rectangle(box, outline=colour, width=width)
+        text = f"{class_names[label]} {score:.2f}"
+        x, y = box[0], max(0, box[1] - 11)
+        tw = draw.textlength(text)
+        draw.rectangle([x, y, x + tw + 2, y + 10], fill=colour)
+        draw.text((x + 1, y - 1), text, fill=(0, 0, 0))
+    return out
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files among the inputs (folders are searched one level deep, sorted)."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FcoslabError(f"input {item} does not exist")
+    if not files:
+        raise FcoslabError(f"no images found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path,
+                  score_thresh: float = 0.3) -> list[dict]:
+    """Predict on image files (EXIF orientation applied), write ``OUT/NAME.png`` with the boxes drawn and
+    ``OUT/detections.json``. Returns the records written to the json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in list_images(inputs):
+        image = read_image(path, exif_transpose=True)
+        det = predictor([image])[0]
+        keep = det["scores"] >= score_thresh
+        det = {k: v[keep] for k, v in det.items()}
+        draw_detections(image, det, predictor.class_names).save(out / f"{path.stem}.png")
+        records.append({"file": str(path), "width": image.width, "height": image.height,
+                        "detections": [{"box_xyxy": [round(v, 2) for v in b], "score": round(s, 4),
+                                        "label": predictor.class_names[l], "category_id": predictor.cat_ids[l]}
+                                       for b, s, l in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                                          det["labels"].tolist())]})
+    write_json(out / "detections.json", records)
+    return records

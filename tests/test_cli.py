@@ -1,0 +1,149 @@
+"""The command line end to end on a tiny shapes set, and every user mistake it must report clearly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_overrides
+from fcoslab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sets(shapes_dir, **extra):
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in tiny_overrides(shapes_dir, **extra).items()]
+
+
+def run_cli(*args, cwd=None):
+    """Run ``python -m fcoslab`` in a subprocess (as a user would): returns (code, stdout, stderr)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "fcoslab", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                       timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(shapes_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--quiet", "--out", str(out), "--set", *sets(shapes_dir)]) == 0
+    return out
+
+
+def test_train_writes_run_files(trained_run):
+    history = json.loads((trained_run / "history.json").read_text())
+    assert len(history) == 1 and history[0]["epoch"] == 1 and history[0]["step"] == 6
+    for key in ("loss", "loss_cls", "loss_box", "loss_centerness", "AP", "AP50", "AP75", "APs", "APm", "APl",
+                "AR100", "seconds"):
+        assert key in history[0]
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 1 and cfg["model"]["fpn_channels"] == 32
+    ckpt = torch.load(trained_run / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["history"] == history and ckpt["cat_ids"] == [1, 2, 3, 5]
+
+
+def test_resume_continues_and_appends(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"]["epochs"] = 2
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["config"] = cfg
+    torch.save(ckpt, run / "last.pt")
+    assert main(["train", "--quiet", "--resume", str(run)]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and history[1]["step"] == 12
+
+
+def test_evaluate_prints_summary_and_writes_results(trained_run, capsys):
+    out = trained_run / "res.json"
+    assert main(["evaluate", str(trained_run), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("Average Precision") == 6 and text.count("Average Recall") == 6
+    results = json.loads(out.read_text())
+    assert all(r["category_id"] in (1, 2, 3, 5) and len(r["bbox"]) == 4 for r in results)
+
+
+def test_predict_draws_and_writes_json(trained_run, shapes_dir, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: the stored 40x64 image is shown 64x40
+    Image.new("RGB", (40, 64), (200, 10, 10)).save(photo, exif=exif)
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained_run / "last.pt"), str(shapes_dir / "val" / "000000.png"), str(photo),
+                 "--score", "0.0", "--out", str(out)]) == 0
+    records = json.loads((out / "detections.json").read_text())
+    assert [Path(r["file"]).name for r in records] == ["000000.png", "photo.jpg"]
+    assert (records[1]["width"], records[1]["height"]) == (64, 40)
+    assert Image.open(out / "photo.png").size == (64, 40)
+    assert all(d["label"] in ("ellipse", "rectangle", "triangle", "cross") for r in records for d in r["detections"])
+
+
+def test_make_shapes_and_presets_commands(tmp_path):
+    code, out, err = run_cli("make-shapes", str(tmp_path / "s"), "--train", "3", "--val", "2", "--image-size", "48")
+    assert code == 0, err
+    assert len(list((tmp_path / "s" / "train").glob("*.png"))) == 3
+    code, out, _ = run_cli("presets")
+    assert code == 0 and "seed_coco_2x" in out and "imprv_coco_1x" in out and "shapes" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--out", "{tmp}/r", "--set", "train.epoch=1"], "unknown config key 'train.epoch'"),
+    (["train", "--out", "{tmp}/r", "--config", "nope"], "unknown preset 'nope'"),
+    (["train", "--out", "{tmp}/r", "--set", "data.train_ann={tmp}/none.json", "data.shapes_train=0"],
+     "annotation file {tmp}/none.json does not exist"),
+    (["train", "--out", "{tmp}/r", "--set", "data.train_ann={tmp}/broken.json", "data.shapes_train=0"],
+     "broken.json is not valid JSON"),
+    (["evaluate", "{tmp}/nothing"], "checkpoint {tmp}/nothing/last.pt does not exist"),
+    (["evaluate", "{tmp}/broken.json"], "cannot load checkpoint"),
+    (["predict", "{tmp}/nothing", "x.png"], "does not exist"),
+    (["check-data", "{tmp}/broken.json", "{tmp}"], "broken.json is not valid JSON"),
+])
+def test_user_errors_exit_2_with_one_clear_line(tmp_path, args, message):
+    (tmp_path / "broken.json").write_text('{"images": [1, 2')
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, out, err = run_cli(*args)
+    assert code == 2, (out, err)
+    assert message.replace("{tmp}", str(tmp_path)) in err
+    assert "Traceback" not in err
+
+
+def test_missing_image_listed_in_annotations(shapes_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(shapes_dir, data)
+    (data / "train" / "000003.png").unlink()
+    code, _, err = run_cli("train", "--out", str(tmp_path / "r"), "--set", *sets(data))
+    assert code == 2 and "listed in" in err and "000003.png" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_corrupt_image_in_a_worker_names_the_file(shapes_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(shapes_dir, data)
+    (data / "train" / "000002.png").write_bytes(b"garbage")
+    code, _, err = run_cli("train", "--out", str(tmp_path / "r"), "--quiet", "--set",
+                           *sets(data, **{"data.num_workers": 2}))
+    assert code == 2 and "cannot read image" in err and "000002.png" in err and "Traceback" not in err
+
+
+def test_refuses_to_overwrite_a_run(trained_run):
+    code, _, err = run_cli("train", "--out", str(trained_run))
+    assert code == 2 and "--resume" in err
+
+
+def test_unwritable_run_folder(shapes_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli("train", "--out", str(blocker / "run"), "--set", *sets(shapes_dir))
+    assert code == 2 and "cannot be written" in err

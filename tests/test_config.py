@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from fcoslab.config import Config, config_from_dict, list_presets, load_config
+from fcoslab.errors import FcoslabError
+
+
+def test_presets_exist_and_load():
+    assert {"shapes", "seed_coco_2x", "imprv_coco_1x"} <= set(list_presets())
+    seed = load_config("seed_coco_2x")
+    assert not seed.model.centerness and seed.loss.box == "iou" and seed.assign.center_radius == 1.5
+    assert seed.train.epochs == 24 and seed.train.lr_steps == (16, 22) and seed.train.grad_clip == 3.0
+    assert seed.data.test_min_size == 700 and seed.model.frozen_bn and seed.model.freeze_at == 2
+    imprv = load_config("imprv_coco_1x")
+    assert imprv.model.centerness and imprv.loss.box == "giou" and imprv.model.head_norm == "gn"
+    assert imprv.model.regression == "relu_stride"
+
+
+def test_overrides_are_typed():
+    cfg = load_config("shapes", ["train.epochs=3", "data.min_size=[96,128]", "assign.center_radius=none",
+                                 "model.centerness=false", "train.lr=0.5"])
+    assert cfg.train.epochs == 3 and cfg.data.min_size == (96, 128) and cfg.assign.center_radius is None
+    assert cfg.model.centerness is False and cfg.train.lr == 0.5
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown config key 'train.epoch'; valid keys in 'train': epochs"),
+    ("trian.epochs=3", "unknown config section 'trian'"),
+    ("train.epochs=many", "config key 'train.epochs': expected int, got 'many'"),
+    ("train.epochs=2.5", "expected int"),
+    ("model.backbone=resnet7", "'resnet7' is not one of"),
+    ("train.epochs", "must look like key.sub=value"),
+    ("data.min_size=12", "expected a list"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(FcoslabError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config("shapes", [override])
+
+
+def test_unknown_preset_and_bad_file(tmp_path):
+    with pytest.raises(FcoslabError, match="unknown preset 'nope'; presets: .*shapes"):
+        load_config("nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(FcoslabError, match="bad.json is not valid JSON"):
+        load_config(str(bad))
+    bad.write_text(json.dumps({"train": {"epochs": "x"}}))
+    with pytest.raises(FcoslabError, match="'train.epochs'"):
+        load_config(str(bad))
+
+
+def test_config_roundtrip_through_dict():
+    cfg = load_config("imprv_coco_1x", ["train.epochs=2"])
+    again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and isinstance(again, Config)

@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fcoslab.config import load_config
+from fcoslab.datasets import (CocoDetection, EpochBatchSampler, build_transforms, check_coco_dict, collate,
+                              make_shapes, read_coco_json, read_image)
+from fcoslab.errors import FcoslabError
+
+
+def test_make_shapes_is_deterministic(tmp_path):
+    a, b = make_shapes(tmp_path / "a", 6, 2, 64, seed=3), make_shapes(tmp_path / "b", 6, 2, 64, seed=3)
+    assert a["train"].read_text().replace("/a", "") == b["train"].read_text().replace("/b", "")
+    assert (tmp_path / "a/train/000004.png").read_bytes() == (tmp_path / "b/train/000004.png").read_bytes()
+    c = make_shapes(tmp_path / "c", 6, 2, 64, seed=4)
+    assert c["train"].read_text() != a["train"].read_text()
+
+
+def test_shapes_cover_classes_and_sizes(tmp_path):
+    paths = make_shapes(tmp_path, 120, 0, 128, seed=0)
+    data = json.loads(paths["train"].read_text())
+    assert len({c["id"] for c in data["categories"]}) >= 4
+    sides = np.array([max(a["bbox"][2:]) for a in data["annotations"]])
+    assert sides.min() < 16 and sides.max() > 64  # spans the shapes preset's P3..P6 ranges
+    assert len({a["category_id"] for a in data["annotations"]}) == 4
+    per_image = np.bincount([a["image_id"] for a in data["annotations"]], minlength=121)[1:]
+    assert per_image.max() >= 4
+
+
+def coco(images=None, annotations=None, categories=None):
+    return {"images": images if images is not None else [{"id": 1, "file_name": "a.png", "width": 20, "height": 10}],
+            "annotations": annotations if annotations is not None else [],
+            "categories": categories if categories is not None else [{"id": 7, "name": "x"}]}
+
+
+@pytest.mark.parametrize("data,message", [
+    ([], "top level must be a JSON object"),
+    ({"images": [], "annotations": []}, "missing key 'categories'"),
+    (coco(categories=[]), "'categories' is empty"),
+    (coco(images=[{"id": 1}]), r"images\[0\] \(id 1\) needs a 'file_name'"),
+    (coco(annotations=[{"image_id": 2, "category_id": 7, "bbox": [0, 0, 1, 1]}]), "image_id 2, which is not in 'images'"),
+    (coco(annotations=[{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}]), "category_id 3"),
+    (coco(annotations=[{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1]}]), "needs 'bbox' as 4 finite numbers"),
+    (coco(annotations=[{"image_id": 1, "category_id": 7, "bbox": [0, "a", 1, 1]}]), "needs 'bbox'"),
+    (coco(annotations="x"), "'annotations' must be a list"),
+])
+def test_bad_coco_dicts_are_named(data, message):
+    with pytest.raises(FcoslabError, match=message):
+        check_coco_dict(data, "file.json")
+
+
+def test_missing_iscrowd_and_area_are_filled():
+    d = check_coco_dict(coco(annotations=[{"image_id": 1, "category_id": 7, "bbox": [1, 1, 4, 5]}]), "f")
+    assert d["annotations"][0]["iscrowd"] == 0 and d["annotations"][0]["area"] == 20.0
+
+
+def test_annotation_file_errors(tmp_path):
+    with pytest.raises(FcoslabError, match="does not exist"):
+        read_coco_json(tmp_path / "none.json")
+    (tmp_path / "t.json").write_text('{"images": [')
+    with pytest.raises(FcoslabError, match="t.json is not valid JSON"):
+        read_coco_json(tmp_path / "t.json")
+
+
+def write_set(tmp_path, annotations, categories, n_images=2, size=(20, 10)):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    images = []
+    for i in range(n_images):
+        Image.new("RGB", size, (i * 50, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": size[0], "height": size[1]})
+    (tmp_path / "a.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return tmp_path / "a.json", tmp_path / "img"
+
+
+def test_dataset_labels_crowd_clipping_and_negatives(tmp_path):
+    anns = [{"image_id": 1, "category_id": 30, "bbox": [1, 1, 5, 5]},
+            {"image_id": 1, "category_id": 4, "bbox": [15, 2, 10, 4]},  # runs out of the 20 px image: clipped
+            {"image_id": 1, "category_id": 4, "bbox": [2, 2, 0, 3]},  # zero width: dropped
+            {"image_id": 1, "category_id": 30, "bbox": [0, 0, 8, 8], "iscrowd": 1}]  # crowd: not a target
+    ann, img = write_set(tmp_path, anns, [{"id": 30, "name": "b"}, {"id": 4, "name": "a"}])
+    ds = CocoDetection(ann, img)
+    assert ds.index.cat_ids == [4, 30] and ds.index.names == ["a", "b"]
+    image, target = ds[0]
+    assert image.shape == (3, 10, 20)
+    assert target["labels"].tolist() == [1, 0]
+    assert target["boxes"].tolist() == [[1, 1, 6, 6], [15, 2, 20, 6]]
+    assert ds.box_report == {"clipped": 1, "dropped": 1, "crowd": 1}
+    _, negative = ds[1]
+    assert len(negative["boxes"]) == 0  # images without objects are kept
+
+
+def test_missing_image_is_reported_before_training(tmp_path):
+    ann, img = write_set(tmp_path, [], [{"id": 1, "name": "a"}])
+    (img / "1.png").unlink()
+    with pytest.raises(FcoslabError, match=r"1 image\(s\) listed in .*a.json are missing from .*img, e.g. 1.png"):
+        CocoDetection(ann, img)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_any_image_mode_becomes_rgb(tmp_path, mode):
+    path = tmp_path / ("x.tiff" if mode in ("I;16", "I", "F", "CMYK") else "x.png")
+    im = Image.new(mode, (7, 5))
+    im.save(path)
+    out = read_image(path)
+    assert out.mode == "RGB" and out.size == (7, 5)
+
+
+def test_unreadable_image(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(FcoslabError, match="cannot read image .*bad.png"):
+        read_image(tmp_path / "bad.png")
+
+
+def test_transforms_and_padding(shapes_dir):
+    cfg = load_config("shapes", ["data.min_size=[48,80]", "data.max_size=80"]).data
+    ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train", build_transforms(cfg, train=True))
+    torch.manual_seed(0)
+    batch = collate([ds[i] for i in range(3)], size_divisibility=128)
+    assert batch["images"].shape[-2:] == (128, 128) and batch["images"].dtype == torch.float32
+    for (h, w), boxes in zip(batch["image_sizes"].tolist(), batch["boxes"]):
+        assert h in (48, 80) and w == h
+        assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all() and (boxes[:, :2] >= 0).all()
+    assert batch["orig_sizes"].tolist() == [[64, 64]] * 3
+
+
+def test_epoch_sampler_splits_batches_over_ranks():
+    whole = list(EpochBatchSampler(20, 8, 0, 1, seed=5, epoch=2))
+    parts = [list(EpochBatchSampler(20, 8, r, 2, seed=5, epoch=2)) for r in range(2)]
+    assert len(whole) == 2
+    for b in range(2):
+        assert parts[0][b] + parts[1][b] == whole[b]
+    assert list(EpochBatchSampler(20, 8, 0, 1, seed=5, epoch=2, start_batch=1)) == whole[1:]
+    assert list(EpochBatchSampler(20, 8, 0, 1, seed=5, epoch=3)) != whole
