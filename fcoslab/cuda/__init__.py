@@ -61,11 +61,30 @@ def _module(name: str, device: int):
         return cupy.RawModule(code=SOURCES[name].read_text(), options=COMPILE_OPTIONS)
 
 
+@functools.lru_cache(maxsize=None)
 def _kernel(module: str, function: str, device: int):
     import cupy
 
     with cupy.cuda.Device(device):
         return _module(module, device).get_function(function)
+
+
+_STREAMS: dict = {}
+
+
+def _cupy_stream(device: int):
+    """CuPy's view of torch's current stream on ``device`` (memoised: making one costs more than a launch)."""
+    import cupy
+
+    torch_stream = torch.cuda.current_stream(device)
+    key = (device, torch_stream.cuda_stream)
+    if key not in _STREAMS:
+        with cupy.cuda.Device(device):
+            if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy 14: ExternalStream is deprecated
+                _STREAMS[key] = cupy.cuda.Stream.from_external(torch_stream)
+            else:
+                _STREAMS[key] = cupy.cuda.ExternalStream(torch_stream.cuda_stream, device)
+    return _STREAMS[key]
 
 
 def _launch(tensor: Tensor, module: str, function: str, grid, block, args, shared_mem: int = 0) -> None:
@@ -74,13 +93,14 @@ def _launch(tensor: Tensor, module: str, function: str, grid, block, args, share
 
     device = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
     kernel = _kernel(module, function, device)
-    torch_stream = torch.cuda.current_stream(device)
-    if hasattr(cupy.cuda.Stream, "from_external"):
-        stream = cupy.cuda.Stream.from_external(torch_stream)
-    else:  # CuPy < 14
-        stream = cupy.cuda.ExternalStream(torch_stream.cuda_stream, device)
+    stream = _cupy_stream(device)
     with cupy.cuda.Device(device), stream:
         kernel(grid, block, args, shared_mem=shared_mem)
+
+
+@functools.lru_cache(maxsize=None)
+def _max_blocks(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count * 8
 
 
 def _cp(t: Tensor):
@@ -127,8 +147,9 @@ def nms(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: fl
 _SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
 
 
-def _grid(total: int) -> tuple[int]:
-    return (max(1, min((total + 255) // 256, 65535)),)
+def _grid(total: int, device: torch.device) -> tuple[int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return (max(1, min((total + 255) // 256, _max_blocks(index))),)
 
 
 def _as_bits(t: Tensor) -> Tensor:
@@ -149,8 +170,8 @@ class _FocalLoss(torch.autograd.Function):
         out = torch.zeros((), dtype=acc, device=logits.device) if reduce else torch.empty((n, k), dtype=acc,
                                                                                            device=logits.device)
         if n * k:
-            _launch(logits, "focal_loss", f"focal_forward_{_SUFFIX[logits.dtype]}", _grid(n * k), (256,),
-                    (_cp(_as_bits(logits)), _cp(labels), np.int64(n), np.int32(k), scalar(alpha), scalar(gamma),
+            _launch(logits, "focal_loss", f"focal_forward_{_SUFFIX[logits.dtype]}", _grid(n * k, logits.device), (256,),
+                    (_cp(_as_bits(logits)), _cp(labels), np.int32(n), np.int32(k), scalar(alpha), scalar(gamma),
                      np.int32(reduce), _cp(out.view(1) if reduce else out)))
         if reduction == "mean":
             out = out / max(n * k, 1) if n * k else torch.full((), float("nan"), dtype=acc, device=logits.device)
@@ -171,9 +192,9 @@ class _FocalLoss(torch.autograd.Function):
             is_scalar = ctx.reduction != "none"
             scale = 1.0 / (n * k) if ctx.reduction == "mean" else 1.0
             g = grad_out.to(acc).contiguous()
-            _launch(logits, "focal_loss", f"focal_backward_{_SUFFIX[logits.dtype]}", _grid(n * k), (256,),
+            _launch(logits, "focal_loss", f"focal_backward_{_SUFFIX[logits.dtype]}", _grid(n * k, logits.device), (256,),
                     (_cp(_as_bits(logits)), _cp(labels), _cp(g.view(1) if is_scalar else g), np.int32(is_scalar),
-                     scalar(scale), np.int64(n), np.int32(k), scalar(ctx.alpha), scalar(ctx.gamma),
+                     scalar(scale), np.int32(n), np.int32(k), scalar(ctx.alpha), scalar(ctx.gamma),
                      _cp(_as_bits(grad_in))))
         return grad_in, None, None, None, None
 
@@ -181,7 +202,16 @@ class _FocalLoss(torch.autograd.Function):
 def sigmoid_focal_loss(logits: Tensor, labels: Tensor, alpha: float, gamma: float, reduction: str) -> Tensor:
     if logits.dtype not in _SUFFIX:
         raise TypeError(f"sigmoid_focal_loss: logits must be float16, bfloat16, float32 or float64, got {logits.dtype}")
-    return _FocalLoss.apply(logits, labels, alpha, gamma, reduction)
+    n, k = logits.shape
+    rows = max(1, (2**31 - 1) // max(k, 1))  # the kernels index with 32-bit ints
+    if n <= rows:
+        return _FocalLoss.apply(logits, labels, alpha, gamma, reduction)
+    parts = [_FocalLoss.apply(logits[i:i + rows], labels[i:i + rows], alpha, gamma, "sum" if reduction != "none" else "none")
+             for i in range(0, n, rows)]
+    if reduction == "none":
+        return torch.cat(parts)
+    total = torch.stack(parts).sum()
+    return total / (n * k) if reduction == "mean" else total
 
 
 # ---------------------------------------------------------------------------------- assignment

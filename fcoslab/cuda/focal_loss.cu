@@ -4,8 +4,9 @@
 // Negative element:              loss = -(1-a) p^g log(1-p),    dloss/dx = (1-a) p^g (p - g (1-p) log(1-p))
 // with p = sigmoid(x), log p = -softplus(-x), log(1-p) = -softplus(x); a < 0 means no alpha weighting.
 // Logits are float32, float16 or bfloat16 (converted by hand: NVRTC needs no CUDA headers) with
-// float32 arithmetic, or float64 (for gradcheck) with float64 arithmetic. reduce != 0: the forward sums into one float (block reduction + atomicAdd),
-// so nothing of size (N, K) is written; the backward recomputes from the logits.
+// float32 arithmetic, or float64 (for gradcheck) with float64 arithmetic. reduce != 0: the forward
+// sums into one value (block reduction + one atomicAdd per block), so nothing of size (N, K) is
+// written; the backward recomputes from the logits. Calls hold fewer than 2^31 elements.
 
 __device__ __forceinline__ float h2f(unsigned short h) {
     float f;
@@ -30,18 +31,26 @@ __device__ __forceinline__ S softplus(S x) {  // log(1 + exp(x)), stable
     return fmax(x, S(0)) + log1p(exp(-fabs(x)));
 }
 
+template <typename S>
+__device__ __forceinline__ S pow_gamma(S base, S gamma) {  // the usual gammas without powf
+    if (gamma == S(2)) return base * base;
+    if (gamma == S(1)) return base;
+    if (gamma == S(0)) return S(1);
+    return pow(base, gamma);
+}
+
 // S: float32 for float32/float16/bfloat16 logits, float64 for float64 logits.
 template <typename S>
 __device__ __forceinline__ void focal_terms(S x, bool positive, S alpha, S gamma, S* loss, S* grad) {
     S one = S(1), p = one / (one + exp(-x));
     if (positive) {
         S log_p = -softplus(-x);
-        S w = (alpha >= S(0) ? alpha : one) * pow(one - p, gamma);
+        S w = (alpha >= S(0) ? alpha : one) * pow_gamma(one - p, gamma);
         *loss = -w * log_p;
         *grad = w * (gamma * p * log_p - (one - p));
     } else {
         S log_1mp = -softplus(x);
-        S w = (alpha >= S(0) ? one - alpha : one) * pow(p, gamma);
+        S w = (alpha >= S(0) ? one - alpha : one) * pow_gamma(p, gamma);
         *loss = -w * log_1mp;
         *grad = w * (p - gamma * (one - p) * log_1mp);
     }
@@ -62,13 +71,12 @@ __device__ __forceinline__ S block_sum(S v) {
 
 #define FOCAL_KERNELS(SUFFIX, T, S, LOAD, STORE)                                                              \
 extern "C" __global__ void focal_forward_##SUFFIX(const T* __restrict__ logits, const long long* __restrict__ labels, \
-        long long n, int k, S alpha, S gamma, int reduce, S* __restrict__ out) {                           \
+        int n, int k, S alpha, S gamma, int reduce, S* __restrict__ out) {                                 \
     S acc = S(0);                                                                                           \
-    long long total = n * (long long)k;                                                                     \
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;                         \
-         e += (long long)gridDim.x * blockDim.x) {                                                          \
-        long long row = e / k;                                                                              \
-        int cls = (int)(e - row * k);                                                                       \
+    int total = n * k;                                                                                      \
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {           \
+        int row = e / k;                                                                                    \
+        int cls = e - row * k;                                                                              \
         S loss, grad;                                                                                       \
         focal_terms<S>((S)LOAD(logits[e]), labels[row] == cls, alpha, gamma, &loss, &grad);               \
         if (reduce) acc += loss; else out[e] = loss;                                                        \
@@ -79,14 +87,13 @@ extern "C" __global__ void focal_forward_##SUFFIX(const T* __restrict__ logits, 
     }                                                                                                       \
 }                                                                                                           \
 extern "C" __global__ void focal_backward_##SUFFIX(const T* __restrict__ logits, const long long* __restrict__ labels, \
-        const S* __restrict__ grad_out, int grad_is_scalar, S grad_scale, long long n, int k,                \
+        const S* __restrict__ grad_out, int grad_is_scalar, S grad_scale, int n, int k,                      \
         S alpha, S gamma, T* __restrict__ grad_in) {                                                       \
-    long long total = n * (long long)k;                                                                     \
+    int total = n * k;                                                                                      \
     S scalar = grad_is_scalar ? grad_out[0] * grad_scale : S(0);                                            \
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;                         \
-         e += (long long)gridDim.x * blockDim.x) {                                                          \
-        long long row = e / k;                                                                              \
-        int cls = (int)(e - row * k);                                                                       \
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {           \
+        int row = e / k;                                                                                    \
+        int cls = e - row * k;                                                                              \
         S loss, grad;                                                                                       \
         focal_terms<S>((S)LOAD(logits[e]), labels[row] == cls, alpha, gamma, &loss, &grad);               \
         grad_in[e] = STORE(grad * (grad_is_scalar ? scalar : grad_out[e]));                                 \
