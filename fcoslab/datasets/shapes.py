@@ -1,7 +1,7 @@
 """A deterministic synthetic detection dataset in COCO format: the default data of every command.
 
 Each image holds 0-7 filled shapes of four classes on a noisy gradient background with unannotated
-clutter (thin lines and dots). Object sizes are drawn log-uniformly from 6 px to 85% of the image so
+clutter (thin lines and dots). Object sides are drawn log-uniformly from 8% to 85% of the image size so
 that they spread over the FPN levels; objects may overlap (pairwise IoU up to 0.3).
 Boxes are the tight pixel extents of what was drawn.
 """
@@ -80,7 +80,7 @@ def render_image(seed_seq: list[int], size: int) -> tuple[Image.Image, list[tupl
     _clutter(draw, rng, size)
     objects: list[tuple[int, list[float]]] = []
     n_objects = 0 if rng.random() < 0.05 else int(rng.integers(1, 8))
-    min_side, max_side = 6.0, 0.85 * size
+    min_side, max_side = 0.08 * size, 0.85 * size
     for _ in range(n_objects):
         for _attempt in range(20):
             side = math.exp(rng.uniform(math.log(min_side), math.log(max_side)))
