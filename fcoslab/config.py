@@ -276,9 +276,8 @@ def validate(cfg: Config) -> None:
     if m.strides != (8, 16, 32, 64, 128):
         raise FcoslabError(f"config key 'model.strides': FCOS uses P3-P7, strides (8, 16, 32, 64, 128); "
                            f"got {m.strides}")
-    if m.head_norm == "gn" and m.fpn_channels % 32:
-        raise FcoslabError(f"config key 'model.fpn_channels': {m.fpn_channels} is not divisible by 32, "
-                           "as GroupNorm(32) needs")
+    if m.fpn_channels < 2 or m.fpn_channels % 2:
+        raise FcoslabError(f"config key 'model.fpn_channels' must be an even number of at least 2, got {m.fpn_channels}")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
                        ("data.max_size", cfg.data.max_size), ("train.eval_every", cfg.train.eval_every)):
         if value < 1:

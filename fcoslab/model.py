@@ -106,6 +106,12 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def gn_groups(channels: int) -> int:
+    """GroupNorm groups for a head of ``channels``: 32 as in FCOS, fewer for thin heads so that a group
+    always spans at least 2 channels (a 1x1 P7 map of one image then still has 2 values per group)."""
+    return math.gcd(32, channels // 2)
+
+
 class Head(nn.Module):
     """Shared FCOS head: a classification tower and a regression tower (with center-ness on it)."""
 
@@ -118,7 +124,7 @@ class Head(nn.Module):
             for _ in range(cfg.head_convs):
                 layers.append(nn.Conv2d(c, c, 3, padding=1))
                 if cfg.head_norm == "gn":
-                    layers.append(nn.GroupNorm(32, c))
+                    layers.append(nn.GroupNorm(gn_groups(c), c))
                 layers.append(nn.ReLU(inplace=True))
             return nn.Sequential(*layers)
 

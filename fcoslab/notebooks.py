@@ -1,0 +1,140 @@
+"""Support for the numbered notebooks: running them headlessly, and live training output.
+
+    python -m fcoslab.notebooks run --out outputs/notebooks [--run runs/shapes] [--only 01 02]
+
+executes ``notebooks/0*.ipynb`` in order with nbclient (cwd = the project root), each with its
+``parameters`` cell followed by an injected cell of overrides (papermill style), and writes the
+executed notebooks and every figure they produced under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+
+
+def use_project_root() -> Path:
+    """Make the project root the working directory (JupyterLab starts notebooks in notebooks/)."""
+    here = Path.cwd()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").exists() and (candidate / "fcoslab").is_dir():
+            os.chdir(candidate)
+            return candidate
+    return here
+
+
+def inject_parameters(nb, params: dict) -> None:
+    """Insert a cell assigning ``params`` right after the cell tagged ``parameters``."""
+    import nbformat
+
+    if not params:
+        return
+    index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if index is None:
+        raise ValueError("notebook has no cell tagged 'parameters'")
+    source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(index + 1, cell)
+
+
+def execute_notebook(path: Path, out_dir: Path, params: Optional[dict] = None, timeout: int = 1200) -> Path:
+    """Execute one notebook; writes ``OUT/NAME.ipynb`` and ``OUT/figures/NAME_k.png``. Raises on a cell error."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    inject_parameters(nb, params or {})
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    try:
+        client.execute()
+    finally:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out_dir / path.name)
+    figures = out_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    k = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data:
+                (figures / f"{path.stem}_{k}.png").write_bytes(base64.b64decode(data["image/png"]))
+                k += 1
+    return out_dir / path.name
+
+
+def notebook_paths(only: Optional[list[str]] = None) -> list[Path]:
+    paths = sorted(NOTEBOOK_DIR.glob("0*.ipynb"))
+    return [p for p in paths if not only or any(p.name.startswith(o) for o in only)]
+
+
+def train_live(cfg, out: str, resume: bool = False):
+    """Train in a notebook: a progress bar and a loss / AP figure redrawn as training goes."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from .train import Trainer
+
+    steps, losses, evals = [], [], []
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(10, 3.2))
+    handle = display(fig, display_id=True)
+    plt.close(fig)
+
+    def redraw():
+        ax_loss.clear()
+        ax_loss.plot(steps, losses, lw=0.8)
+        ax_loss.set_title("training loss")
+        ax_loss.set_xlabel("step")
+        ax_ap.clear()
+        for key in ("AP", "AP50", "AP75"):
+            ax_ap.plot([e["epoch"] for e in evals], [e[key] for e in evals], marker="o", label=key)
+        ax_ap.set_title("validation")
+        ax_ap.set_xlabel("epoch")
+        ax_ap.legend(fontsize=8)
+        handle.update(fig)
+
+    def on_step(record):
+        steps.append(record["step"])
+        losses.append(record["loss"])
+        if record["step"] % 20 == 0:
+            redraw()
+
+    def on_eval(record):
+        evals.append(record)
+        redraw()
+
+    trainer = Trainer(None if resume else cfg, out, resume=resume, on_step=on_step, on_eval=on_eval)
+    evals.extend(trainer.history)
+    history = trainer.run()
+    redraw()
+    return history
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fcoslab.notebooks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the numbered notebooks in order")
+    run.add_argument("--out", default="outputs/notebooks")
+    run.add_argument("--run", help="an existing run folder for notebooks 04 and 05 (skips training in 03)")
+    run.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 02")
+    run.add_argument("--timeout", type=int, default=1200)
+    args = parser.parse_args(argv)
+    params: dict[str, dict] = {}
+    if args.run:
+        params = {"03": {"RUN_DIR": args.run, "RESUME_IF_PRESENT": True}, "04": {"RUNS": [args.run]},
+                  "05": {"RUN_DIR": args.run}}
+    for path in notebook_paths(args.only):
+        print(f"running {path.name} ...", flush=True)
+        written = execute_notebook(path, Path(args.out), params.get(path.name[:2]), args.timeout)
+        print(f"  wrote {written}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

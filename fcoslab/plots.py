@@ -1,0 +1,312 @@
+"""Figures for the notebooks: dataset statistics, target assignment, mAP curves, PR curves.
+
+Every function returns a matplotlib Figure (nothing is shown or saved implicitly), so notebooks,
+tests and scripts use them alike.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .config import Config
+from .datasets import CocoDetection, check_coco_dict
+from .model import make_points
+from .predict import PALETTE
+from .targets import fcos_targets
+
+LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
+
+
+def _colour(label: int) -> tuple[float, float, float]:
+    return tuple(c / 255 for c in PALETTE[label % len(PALETTE)])
+
+
+def draw_boxes(ax, boxes, labels, names: Sequence[str], scores=None, dashed: bool = False) -> None:
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).tolist(), np.asarray(labels).tolist())):
+        x1, y1, x2, y2 = box
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, color=_colour(label),
+                                   ls="--" if dashed else "-"))
+        text = names[label] + (f" {float(scores[i]):.2f}" if scores is not None else "")
+        ax.text(x1, y1, text, fontsize=7, color="black", va="bottom",
+                bbox=dict(facecolor=_colour(label), alpha=0.8, pad=0.5, lw=0))
+
+
+def show_samples(dataset: CocoDetection, n: int = 8, cols: int = 4, start: int = 0):
+    """A grid of images with their ground-truth boxes and class names."""
+    rows = max(1, (n + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax, i in zip(axes.flat, range(start, start + n)):
+        info = dataset.images[i % len(dataset)]
+        ax.imshow(dataset.load_image(i % len(dataset)))
+        boxes, labels = dataset.targets[info["id"]]
+        draw_boxes(ax, boxes, labels, dataset.index.names)
+        ax.set_title(f"{info['file_name']} ({len(boxes)} objects)", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def dataset_stats(dataset: CocoDetection) -> dict[str, np.ndarray]:
+    """Per-box widths, heights, labels and per-image object counts of the prepared targets."""
+    boxes = [b for b, _ in dataset.targets.values()]
+    labels = [l for _, l in dataset.targets.values()]
+    all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+    return {"w": all_boxes[:, 2] - all_boxes[:, 0], "h": all_boxes[:, 3] - all_boxes[:, 1],
+            "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
+            "per_image": np.array([len(b) for b in boxes])}
+
+
+def class_counts(dataset: CocoDetection) -> dict[str, int]:
+    counts = Counter(dataset_stats(dataset)["labels"].tolist())
+    return {name: counts.get(i, 0) for i, name in enumerate(dataset.index.names)}
+
+
+def plot_dataset_stats(dataset: CocoDetection, cfg: Config):
+    """Class counts; box size histogram with the FPN regress ranges; aspect ratios; objects per image.
+
+    The size axis is max(w, h) / 2, the largest distance a point at the box centre regresses, which is
+    what decides the FPN level a box is learnt on (the coloured bands).
+    """
+    stats = dataset_stats(dataset)
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+    counts = class_counts(dataset)
+    axes[0].bar(list(counts), list(counts.values()), color=[_colour(i) for i in range(len(counts))])
+    axes[0].set_title("objects per class")
+    axes[0].tick_params(axis="x", rotation=45)
+    reach = np.maximum(stats["w"], stats["h"]) / 2
+    top = max(float(reach.max()) if reach.size else 1.0, 1.0) * 1.1
+    for level, (lo, hi) in enumerate(cfg.assign.regress_ranges):
+        axes[1].axvspan(max(lo, 0), min(hi, top), color=f"C{level}", alpha=0.15, label=LEVEL_NAMES[level])
+    axes[1].hist(reach, bins=40, range=(0, top), color="0.3")
+    axes[1].set_xlim(0, top)
+    axes[1].set_title("max(w, h) / 2 and the FPN regress ranges")
+    axes[1].legend(fontsize=7)
+    aspect = np.log2(np.maximum(stats["w"], 1e-3) / np.maximum(stats["h"], 1e-3))
+    axes[2].hist(aspect, bins=30, color="0.3")
+    axes[2].set_title("aspect ratio, log2(w / h)")
+    axes[3].hist(stats["per_image"], bins=np.arange(stats["per_image"].max(initial=0) + 2) - 0.5, color="0.3")
+    axes[3].set_title("objects per image")
+    fig.tight_layout()
+    return fig
+
+
+def annotation_report(ann_file: str | Path, image_dir: str | Path) -> list[str]:
+    """Problems found in an annotation file and its images, as sentences (empty: none found).
+
+    Fatal problems (the file cannot be used) come back as a single sentence instead of raising.
+    """
+    from .errors import FcoslabError
+
+    try:
+        ds = CocoDetection(ann_file, image_dir)
+    except FcoslabError as e:
+        return [str(e)]
+    problems = []
+    r = ds.box_report
+    if r["clipped"]:
+        problems.append(f"{r['clipped']} boxes reach outside their image and were clipped")
+    if r["dropped"]:
+        problems.append(f"{r['dropped']} boxes have non-positive width or height and were dropped")
+    if r["crowd"]:
+        problems.append(f"{r['crowd']} crowd boxes are excluded from the targets")
+    stats = dataset_stats(ds)
+    empty = int((stats["per_image"] == 0).sum())
+    if empty:
+        problems.append(f"{empty} of {len(ds)} images have no objects (kept as negatives)")
+    tiny = int((np.maximum(stats["w"], stats["h"]) < 4).sum())
+    if tiny:
+        problems.append(f"{tiny} boxes are smaller than 4 px on their longer side")
+    unused = set(ds.index.names) - {ds.index.names[i] for i in set(stats["labels"].tolist())}
+    if unused:
+        problems.append(f"categories without any box: {', '.join(sorted(unused))}")
+    raw = check_coco_dict(ds.data, str(ann_file))
+    if len({im["file_name"] for im in raw["images"]}) != len(raw["images"]):
+        problems.append("some file_name values are listed more than once")
+    return problems
+
+
+def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dict:
+    """Targets of one training image at its network resolution (no augmentation).
+
+    Returns a dict: ``image`` float (3, h, w) in [0, 1], ``boxes`` (M, 4), ``labels`` (M,), ``points``
+    (P, 2), ``strides`` (P,), ``level_sizes``, and the :func:`fcos_targets` entries for this image.
+    """
+    from .datasets import build_transforms
+
+    image, target = build_transforms(cfg.data, train=False)(*dataset_raw_item(dataset, index))
+    h, w = image.shape[-2:]
+    stride_max = max(cfg.model.strides)
+    H, W = -(-h // stride_max) * stride_max, -(-w // stride_max) * stride_max
+    sizes = [(-(-H // s), -(-W // s)) for s in cfg.model.strides]
+    points, strides = make_points(sizes, cfg.model.strides, cfg.model.point_offset)
+    boxes = target["boxes"].as_subclass(torch.Tensor).float()
+    t = fcos_targets(points, strides, sizes, boxes[None], target["labels"][None], cfg.assign)
+    return {"image": image.as_subclass(torch.Tensor), "boxes": boxes, "labels": target["labels"], "points": points,
+            "strides": strides, "level_sizes": sizes, **{k: v[0] for k, v in t.items()}}
+
+
+def dataset_raw_item(dataset: CocoDetection, index: int):
+    """An item before the dataset's own transforms."""
+    saved, dataset.transforms = dataset.transforms, None
+    try:
+        return dataset[index]
+    finally:
+        dataset.transforms = saved
+
+
+def plot_assignment(assigned: dict, names: Sequence[str]):
+    """The positive points of each FPN level on the image, coloured by the class they learn."""
+    L = len(assigned["level_sizes"])
+    fig, axes = plt.subplots(1, L, figsize=(3.2 * L, 3.4))
+    counts = np.cumsum([0] + [h * w for h, w in assigned["level_sizes"]])
+    image = assigned["image"].permute(1, 2, 0).numpy()
+    for level, ax in enumerate(axes):
+        ax.imshow(image)
+        draw_boxes(ax, assigned["boxes"], assigned["labels"], names, dashed=True)
+        sl = slice(counts[level], counts[level + 1])
+        pts, labels = assigned["points"][sl], assigned["labels"][sl]
+        pos = labels >= 0
+        ax.scatter(pts[~pos, 0], pts[~pos, 1], s=2, c="white", alpha=0.4)
+        ax.scatter(pts[pos, 0], pts[pos, 1], s=14, c=[_colour(int(l)) for l in labels[pos]], edgecolors="black", lw=0.5)
+        ax.set_title(f"{LEVEL_NAMES[level]} (stride {int(assigned['strides'][counts[level]])}): {int(pos.sum())} positives",
+                     fontsize=8)
+        ax.set_xlim(0, image.shape[1])
+        ax.set_ylim(image.shape[0], 0)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_target_maps(assigned: dict, level: int = 0):
+    """The l, t, r, b and center-ness targets of one level as images (0 where no box is assigned)."""
+    counts = np.cumsum([0] + [h * w for h, w in assigned["level_sizes"]])
+    h, w = assigned["level_sizes"][level]
+    sl = slice(counts[level], counts[level + 1])
+    maps = [assigned["ltrb"][sl, i].reshape(h, w) for i in range(4)] + [assigned["centerness"][sl].reshape(h, w)]
+    fig, axes = plt.subplots(1, 5, figsize=(16, 3.2))
+    for ax, m, title in zip(axes, maps, ["left", "top", "right", "bottom", "center-ness"]):
+        im = ax.imshow(m.numpy(), cmap="viridis")
+        ax.set_title(f"{LEVEL_NAMES[level]} {title}", fontsize=9)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def positives_per_level(dataset: CocoDetection, cfg: Config, max_images: Optional[int] = None) -> np.ndarray:
+    """Number of positive points on each FPN level, summed over (up to ``max_images``) images: (L,)."""
+    totals = np.zeros(len(cfg.model.strides), dtype=np.int64)
+    for i in range(min(len(dataset), max_images or len(dataset))):
+        a = assignment_for_image(dataset, i, cfg)
+        counts = np.cumsum([0] + [h * w for h, w in a["level_sizes"]])
+        pos = (a["labels"] >= 0).numpy()
+        totals += [pos[counts[l]:counts[l + 1]].sum() for l in range(len(totals))]
+    return totals
+
+
+def plot_positives_per_level(counts_by_setting: dict[str, np.ndarray]):
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.8 / max(len(counts_by_setting), 1)
+    for i, (name, counts) in enumerate(counts_by_setting.items()):
+        ax.bar(np.arange(len(counts)) + i * width, counts, width, label=name)
+    ax.set_xticks(np.arange(len(LEVEL_NAMES)) + width * (len(counts_by_setting) - 1) / 2, LEVEL_NAMES)
+    ax.set_ylabel("positive points")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_map_curves(histories: dict[str, list[dict]], keys: Sequence[str] = ("AP", "AP50", "AP75")):
+    """Per-epoch COCO metrics of one or several runs (one panel per metric, one line per run)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, history in histories.items():
+            epochs = [h["epoch"] for h in history]
+            ax.plot(epochs, [h[key] for h in history], marker="o", label=name)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_curves(histories: dict[str, list[dict]]):
+    parts = ("loss", "loss_cls", "loss_box", "loss_centerness")
+    return plot_map_curves(histories, keys=parts)
+
+
+def plot_pr_curves(evaluator, names: Sequence[str], iou: float = 0.5):
+    """Precision-recall curves per class at one IoU threshold, from an accumulated COCOeval."""
+    t = int(np.argmin(np.abs(evaluator.params.iouThrs - iou)))
+    precision = evaluator.eval["precision"][t, :, :, 0, -1]  # (R, K) at area=all, maxDets=100
+    recall = evaluator.params.recThrs
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for k, name in enumerate(names):
+        p = precision[:, k]
+        if (p > -1).any():
+            ax.plot(recall, np.where(p > -1, p, np.nan), label=name, color=_colour(k))
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(f"precision-recall at IoU {iou:.2f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_predictions(predictor, dataset: CocoDetection, n: int = 8, cols: int = 4, score: float = 0.3):
+    """Predictions (solid, with scores) over ground truth (dashed) for the first ``n`` images."""
+    rows = max(1, (n + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    images = [dataset.load_image(i) for i in range(min(n, len(dataset)))]
+    for ax, image, i, det in zip(axes.flat, images, range(n), predictor(images)):
+        ax.imshow(image)
+        boxes, labels = dataset.targets[dataset.images[i]["id"]]
+        draw_boxes(ax, boxes, labels, dataset.index.names, dashed=True)
+        keep = det["scores"] >= score
+        draw_boxes(ax, det["boxes"][keep], det["labels"][keep], predictor.class_names, scores=det["scores"][keep])
+        ax.set_title(f"{dataset.images[i]['file_name']}: {int(keep.sum())} detections", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def assignment_widget(dataset: CocoDetection, cfg: Config):
+    """Sliders for the image and the center-sampling radius (0 = off) over :func:`plot_assignment`."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    out = W.Output()
+    index = W.IntSlider(value=0, min=0, max=len(dataset) - 1, description="image")
+    radius = W.FloatSlider(value=cfg.assign.center_radius or 0.0, min=0.0, max=4.0, step=0.25,
+                           description="radius (0 = off)")
+
+    def redraw(_=None):
+        c = cfg.replace(**{"assign.center_radius": radius.value or None})
+        out.clear_output(wait=True)
+        with out:
+            fig = plot_assignment(assignment_for_image(dataset, index.value, c), dataset.index.names)
+            display(fig)
+            plt.close(fig)
+
+    index.observe(redraw, names="value")
+    radius.observe(redraw, names="value")
+    redraw()
+    return W.VBox([W.HBox([index, radius]), out])
+
+
+def per_class_table(evaluator, names: Sequence[str]) -> dict[str, float]:
+    """AP@[.5:.95] of each class by name, from an accumulated COCOeval."""
+    from .evaluate import per_class_ap
+
+    return {name: round(float(ap), 4) for name, ap in zip(names, per_class_ap(evaluator))}

@@ -1,0 +1,75 @@
+"""Viewer callbacks without a browser: setting a widget's value redraws the image and the table."""
+
+import hashlib
+
+import pytest
+import torch
+from PIL import Image
+import io
+
+from conftest import tiny_overrides
+from fcoslab.config import load_config
+from fcoslab.datasets import CocoDetection
+from fcoslab.predict import Predictor
+from fcoslab.train import train
+from fcoslab.viewer import PredictionViewer, match_detections
+
+
+@pytest.fixture(scope="module")
+def viewer(shapes_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("viewer_run")
+    train(load_config("shapes", tiny_overrides(shapes_dir)), out, progress=False)
+    predictor = Predictor(out)
+    dataset = CocoDetection(shapes_dir / "val.json", shapes_dir / "val")
+    return PredictionViewer(predictor, dataset, score=0.0)
+
+
+def digest(v):
+    return hashlib.sha1(v.image.value).hexdigest()
+
+
+def test_match_detections_hand_case():
+    det = {"boxes": torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60.0], [0, 0, 10, 10]]),
+           "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]), "labels": torch.tensor([0, 0, 0, 1])}
+    gt = {"boxes": torch.tensor([[0, 0, 10, 11], [20, 20, 30, 30.0]]), "labels": torch.tensor([0, 0])}
+    is_tp, found = match_detections(det, gt)
+    assert is_tp.tolist() == [True, False, False, False]  # duplicate, wrong place, wrong class
+    assert found.tolist() == [True, False]
+
+
+def test_viewer_renders_png(viewer):
+    image = Image.open(io.BytesIO(viewer.image.value))
+    assert image.format == "PNG" and image.width >= 320
+    assert "<table>" in viewer.table.value
+
+
+def test_threshold_changes_picture_and_table(viewer):
+    viewer.score.value = 0.0
+    before, rows_before = digest(viewer), viewer.table.value.count("<tr>")
+    viewer.score.value = 1.0
+    assert digest(viewer) != before
+    assert viewer.table.value.count("<tr>") < rows_before or "TP" not in viewer.table.value
+    assert "FP" not in viewer.table.value  # nothing scores 1.0
+
+
+def test_image_and_class_filter_change_the_picture(viewer):
+    viewer.score.value = 0.0
+    viewer.index.value = 0
+    first = digest(viewer)
+    viewer.next_button.click()
+    assert viewer.index.value == 1 and digest(viewer) != first
+    viewer.prev_button.click()
+    assert viewer.index.value == 0 and digest(viewer) == first  # cached prediction, same drawing
+    viewer.classes.value = (viewer.names[0],)
+    assert digest(viewer) != first
+    viewer.classes.value = tuple(viewer.names)
+    viewer.show_gt.value = False
+    assert "missed" not in viewer.table.value and digest(viewer) != first
+    viewer.show_gt.value = True
+
+
+def test_uploaded_image_is_predicted(viewer):
+    n = viewer.index.max
+    index = viewer.add_image(Image.new("RGB", (90, 60), (10, 200, 10)), "mine.png")
+    assert index == n + 1 and viewer.index.value == index
+    assert "mine.png" in viewer.table.value and "missed" not in viewer.table.value
