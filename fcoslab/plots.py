@@ -135,8 +135,9 @@ def annotation_report(ann_file: str | Path, image_dir: str | Path) -> list[str]:
 def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dict:
     """Targets of one training image at its network resolution (no augmentation).
 
-    Returns a dict: ``image`` float (3, h, w) in [0, 1], ``boxes`` (M, 4), ``labels`` (M,), ``points``
-    (P, 2), ``strides`` (P,), ``level_sizes``, and the :func:`fcos_targets` entries for this image.
+    Returns a dict: ``image`` float (3, h, w) in [0, 1], ``gt_boxes`` (M, 4), ``gt_labels`` (M,), ``points``
+    (P, 2), ``strides`` (P,), ``level_sizes``, and the :func:`fcos_targets` entries of this image
+    (``matched``, ``labels``, ``ltrb``, ``centerness``, per point).
     """
     from .datasets import build_transforms
 
@@ -148,7 +149,7 @@ def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dic
     points, strides = make_points(sizes, cfg.model.strides, cfg.model.point_offset)
     boxes = target["boxes"].as_subclass(torch.Tensor).float()
     t = fcos_targets(points, strides, sizes, boxes[None], target["labels"][None], cfg.assign)
-    return {"image": image.as_subclass(torch.Tensor), "boxes": boxes, "labels": target["labels"], "points": points,
+    return {"image": image.as_subclass(torch.Tensor), "gt_boxes": boxes, "gt_labels": target["labels"], "points": points,
             "strides": strides, "level_sizes": sizes, **{k: v[0] for k, v in t.items()}}
 
 
@@ -169,7 +170,7 @@ def plot_assignment(assigned: dict, names: Sequence[str]):
     image = assigned["image"].permute(1, 2, 0).numpy()
     for level, ax in enumerate(axes):
         ax.imshow(image)
-        draw_boxes(ax, assigned["boxes"], assigned["labels"], names, dashed=True)
+        draw_boxes(ax, assigned["gt_boxes"], assigned["gt_labels"], names, dashed=True)
         sl = slice(counts[level], counts[level + 1])
         pts, labels = assigned["points"][sl], assigned["labels"][sl]
         pos = labels >= 0

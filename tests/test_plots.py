@@ -1,0 +1,55 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from fcoslab import plots  # noqa: E402
+from fcoslab.config import load_config  # noqa: E402
+from fcoslab.datasets import CocoDetection  # noqa: E402
+
+
+def small_cfg(**over):
+    return load_config("shapes", {"data.min_size": [64], "data.max_size": 64, "data.test_min_size": 64, **over})
+
+
+def test_assignment_for_image_keeps_ground_truth_and_points_apart(shapes_dir):
+    ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
+    a = plots.assignment_for_image(ds, 0, small_cfg())
+    boxes, labels = ds.targets[ds.images[0]["id"]]
+    assert a["gt_labels"].tolist() == labels.tolist()
+    torch.testing.assert_close(a["gt_boxes"], torch.as_tensor(boxes))
+    assert a["labels"].shape == (len(a["points"]),)
+    assert set(a["labels"][a["labels"] >= 0].tolist()) <= set(labels.tolist())
+
+
+def test_center_sampling_and_ranges_change_positives(shapes_dir):
+    ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
+    with_cs = plots.positives_per_level(ds, small_cfg(**{"assign.center_radius": 0.5}), 6)
+    without = plots.positives_per_level(ds, small_cfg(**{"assign.center_radius": None}), 6)
+    assert with_cs.shape == (5,) and (without >= with_cs).all() and without.sum() > with_cs.sum()
+
+
+def test_dataset_stats_and_report(shapes_dir, tmp_path):
+    ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
+    counts = plots.class_counts(ds)
+    assert list(counts) == ["ellipse", "rectangle", "triangle", "cross"]
+    assert sum(counts.values()) == sum(len(b) for b, _ in ds.targets.values())
+    assert plots.annotation_report(tmp_path / "none.json", tmp_path) == [f"annotation file {tmp_path / 'none.json'} does not exist"]
+    report = plots.annotation_report(shapes_dir / "train.json", shapes_dir / "train")
+    assert all(isinstance(line, str) for line in report)
+
+
+def test_figures_have_the_expected_panels(shapes_dir):
+    ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
+    cfg = small_cfg()
+    assert len(plots.show_samples(ds, 4, cols=2).axes) == 4
+    assert len(plots.plot_dataset_stats(ds, cfg).axes) == 4
+    a = plots.assignment_for_image(ds, 1, cfg)
+    assert len(plots.plot_assignment(a, ds.index.names).axes) == 5
+    assert len(plots.plot_target_maps(a, 0).axes) == 10  # 5 maps + 5 colour bars
+    history = [{"epoch": e, "AP": 0.1 * e, "AP50": 0.2 * e, "AP75": 0.05 * e} for e in (1, 2, 3)]
+    fig = plots.plot_map_curves({"run": history})
+    line = fig.axes[0].lines[0]
+    assert np.allclose(line.get_ydata(), [0.1, 0.2, 0.3])
