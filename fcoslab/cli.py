@@ -47,9 +47,13 @@ def _cmd_train(args) -> None:
     from .train import train
 
     if args.resume:
-        if args.config != "shapes" or args.set:
-            raise FcoslabError("--resume continues a run with its own saved config; drop --config and --set")
-        history = train(None, args.resume, resume=True, progress=not args.quiet)
+        if args.config != "shapes":
+            raise FcoslabError("--resume continues a run with its own saved config; drop --config "
+                               "(--set may change training keys, e.g. train.epochs=24)")
+        from .config import parse_overrides
+
+        overrides = parse_overrides(args.set)
+        history = train(None, args.resume, resume=True, progress=not args.quiet, resume_overrides=overrides)
         out = args.resume
     else:
         if args.out is None:

@@ -239,18 +239,20 @@ def load_config(name_or_path: str = "shapes", overrides: Optional[list[str] | di
                            "(or give a path to a .json config)")
     cfg = apply_overrides(Config(), flatten(tree, where))
     if overrides:
-        if isinstance(overrides, dict):
-            pairs = overrides
-        else:
-            pairs = {}
-            for item in overrides:
-                if "=" not in item:
-                    raise FcoslabError(f"override '{item}' must look like key.sub=value, e.g. train.epochs=2")
-                k, _, v = item.partition("=")
-                pairs[k.strip()] = v
-        cfg = apply_overrides(cfg, pairs)
+        cfg = apply_overrides(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     validate(cfg)
     return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["train.epochs=2", ...]`` -> ``{"train.epochs": "2", ...}`` (values are typed when applied)."""
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise FcoslabError(f"override '{item}' must look like key.sub=value, e.g. train.epochs=2")
+        k, _, v = item.partition("=")
+        pairs[k.strip()] = v
+    return pairs
 
 
 def config_from_dict(tree: dict) -> Config:

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, validate
 from .datasets import EpochBatchSampler, build_datasets, make_loader, pad_targets
 from .errors import FcoslabError
 from .evaluate import STAT_NAMES, coco_evaluate, predict_loader, to_coco_results
@@ -78,13 +78,19 @@ def check_writable(out: Path) -> None:
 class Trainer:
     """One training run in a run folder. ``run()`` trains to the configured number of epochs."""
 
-    def __init__(self, cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
-                 on_step: Optional[Callable[[dict], None]] = None, on_eval: Optional[Callable[[dict], None]] = None):
+    def __init__(self, cfg: Optional[Config], out: str | Path, resume: bool = False, progress: bool = True,
+                 on_step: Optional[Callable[[dict], None]] = None, on_eval: Optional[Callable[[dict], None]] = None,
+                 resume_overrides: Optional[dict] = None):
         self.out, self.progress, self.on_step, self.on_eval = Path(out), progress, on_step, on_eval
         ckpt = None
         if resume:
             ckpt = load_checkpoint(self.out / "last.pt")
             cfg = config_from_dict(ckpt["config"])
+            if resume_overrides:
+                if any(k.startswith("model.") for k in resume_overrides):
+                    raise FcoslabError("a resumed run keeps its model: model.* keys cannot be overridden with --resume")
+                cfg = cfg.replace(**resume_overrides)
+                validate(cfg)
         elif cfg is None:
             raise FcoslabError("train: give a config, or resume=True with a run folder")
         self.cfg = cfg
@@ -107,7 +113,10 @@ class Trainer:
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.world > 1 and not cfg.model.frozen_bn:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            elif dist.is_main():
+                log.warning("BatchNorm statistics are per process on CPU (SyncBatchNorm needs CUDA)")
         self.optimizer = make_optimizer(self.model, cfg)
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)

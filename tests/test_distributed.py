@@ -1,0 +1,149 @@
+"""torchrun with the gloo backend on CPU, crash safety under SIGKILL, and full-disk handling."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from fcoslab.errors import FcoslabError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sets(shapes_dir, **extra):
+    over = tiny_overrides(shapes_dir, **extra)
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in over.items()]
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
+def torchrun(nproc, *args, port):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "fcoslab", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=600, cwd=ROOT)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "fcoslab", *args], capture_output=True, text=True, env=env(),
+                          timeout=600, cwd=ROOT)
+
+
+def weights(run):
+    return torch.load(Path(run) / "last.pt", weights_only=True)["model"]
+
+
+# frozen BN: BatchNorm statistics are per process on CPU, so only a frozen backbone is exactly comparable
+EXACT = {"model.frozen_bn": True, "train.batch_size": 4, "data.hflip": 0.5, "train.eval_every": 1}
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_the_whole_batch(shapes_dir, tmp_path):
+    one = cli("train", "--quiet", "--out", str(tmp_path / "one"), "--set", *sets(shapes_dir, **EXACT))
+    assert one.returncode == 0, one.stderr
+    two = torchrun(2, "train", "--quiet", "--out", str(tmp_path / "two"), "--set", *sets(shapes_dir, **EXACT), port=29611)
+    assert two.returncode == 0, two.stderr[-3000:]
+    h1 = json.loads((tmp_path / "one" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert len(h1) == len(h2) == 1 and h1[0]["step"] == h2[0]["step"] == 6
+    assert h2[0]["loss"] == pytest.approx(h1[0]["loss"], rel=1e-4)
+    assert h2[0]["AP"] == pytest.approx(h1[0]["AP"], abs=1e-3)  # evaluation split over ranks, then gathered
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+    # resume under torchrun: one more epoch, appended once
+    more = torchrun(2, "train", "--quiet", "--resume", str(tmp_path / "two"), "--set", "train.epochs=2", port=29612)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert [h["epoch"] for h in json.loads((tmp_path / "two" / "history.json").read_text())] == [1, 2]
+
+
+def test_losses_normalise_by_the_global_number_of_positives():
+    from fcoslab.config import LossConfig
+    from fcoslab.loss import fcos_loss
+
+    torch.manual_seed(0)
+    P, K = 30, 3
+    outputs = {"cls_logits": torch.randn(1, P, K), "bbox_ltrb": torch.rand(1, P, 4) + 1, "centerness": None}
+    labels = torch.full((1, P), -1)
+    labels[0, :4] = torch.tensor([0, 1, 2, 0])
+    targets = {"labels": labels, "ltrb": torch.rand(1, P, 4) + 1, "centerness": torch.zeros(1, P)}
+    local = fcos_loss(outputs, targets, LossConfig())
+    # as if another rank had 12 positives: the mean count over 2 ranks is 8, not this rank's 4
+    reduced = fcos_loss(outputs, targets, LossConfig(), all_reduce=lambda t: (t + 12) / 2)
+    assert local["num_pos"] == 4 and reduced["num_pos"] == 8
+    torch.testing.assert_close(reduced["cls"], local["cls"] * 4 / 8)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(shapes_dir, tmp_path):
+    over = sets(shapes_dir, **{"train.epochs": 3, "train.eval_every": 1, "train.checkpoint_every": 2,
+                               "model.frozen_bn": True})
+    reference = cli("train", "--quiet", "--out", str(tmp_path / "ref"), "--set", *over)
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "killed"
+    rng = random.Random(0)
+    args = ["train", "--quiet", "--out", str(run), "--set", *over]
+    kills = 0
+    for attempt in range(12):
+        p = subprocess.Popen([sys.executable, "-m", "fcoslab", *args], env=env(), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 7.0))  # imports take ~3 s; kill while training, evaluating or saving
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+        if p.returncode == 0:
+            break
+        args = ["train", "--quiet", "--resume", str(run)] if (run / "last.pt").exists() else args
+    else:
+        final = cli(*args)
+        assert final.returncode == 0, final.stderr
+    assert kills >= 2, "the run finished before it could be killed twice; lengthen it"
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # each evaluation exactly once
+    w_ref, w_run = weights(tmp_path / "ref"), weights(run)
+    for k in w_ref:
+        torch.testing.assert_close(w_run[k], w_ref[k], rtol=1e-5, atol=1e-6, msg=k)
+    ref_hist = json.loads((tmp_path / "ref" / "history.json").read_text())
+    assert [h["AP"] for h in history] == pytest.approx([h["AP"] for h in ref_hist], abs=1e-6)
+
+
+def test_full_disk_keeps_the_last_good_checkpoint(shapes_dir, tmp_path, monkeypatch):
+    from fcoslab.config import load_config
+    from fcoslab.train import Trainer
+
+    cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"train.epochs": 2, "train.eval_every": 2}))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.train_epoch()
+    trainer.epoch = 1
+    trainer.save()
+    good = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(FcoslabError, match="No space left on device.*intact"):
+        trainer.save()
+    assert (tmp_path / "run" / "last.pt").read_bytes() == good
+    assert not (tmp_path / "run" / "last.pt.tmp").exists()
+
+
+def test_nonfinite_losses_stop_training_and_keep_the_checkpoint(shapes_dir, tmp_path):
+    run = tmp_path / "run"
+    ok = cli("train", "--quiet", "--out", str(run), "--set", *sets(shapes_dir))
+    assert ok.returncode == 0, ok.stderr
+    good = (run / "last.pt").read_bytes()
+    bad = cli("train", "--quiet", "--resume", str(run), "--set", "train.epochs=2", "train.lr=1e30",
+              "train.grad_clip=0", "train.max_nonfinite=2", "train.warmup_iters=0")
+    assert bad.returncode == 2 and "non-finite losses in a row" in bad.stderr and "Traceback" not in bad.stderr
+    assert (run / "last.pt").read_bytes() == good
