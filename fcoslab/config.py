@@ -42,7 +42,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     num_classes: int = 0  # 0: taken from the training annotation file
-    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    backbone: str = "resnet50"  # resnet10 | resnet18 | resnet34 | resnet50 | resnet101
     backbone_weights: str = ""  # local state_dict file; "" = random init
     torchvision_weights: bool = False  # use torchvision's weight enum (needs network or its cache)
     frozen_bn: bool = True
@@ -263,7 +263,7 @@ def config_from_dict(tree: dict) -> Config:
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     m = cfg.model
-    choices = {"model.backbone": (m.backbone, ("resnet18", "resnet34", "resnet50", "resnet101")),
+    choices = {"model.backbone": (m.backbone, ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101")),
                "model.p6_from": (m.p6_from, ("p5", "c5")), "model.head_norm": (m.head_norm, ("gn", "none")),
                "model.regression": (m.regression, ("exp", "relu_stride")),
                "loss.box": (cfg.loss.box, ("iou", "giou")),

@@ -22,8 +22,18 @@ from .errors import FcoslabError
 
 log = logging.getLogger("fcoslab")
 
-_BACKBONE_CHANNELS = {"resnet18": (128, 256, 512), "resnet34": (128, 256, 512),
+_BACKBONE_CHANNELS = {"resnet10": (128, 256, 512), "resnet18": (128, 256, 512), "resnet34": (128, 256, 512),
                       "resnet50": (512, 1024, 2048), "resnet101": (512, 1024, 2048)}
+
+
+def _resnet(name: str, weights, norm_layer) -> nn.Module:
+    """torchvision's ResNets; ``resnet10`` is torchvision's ResNet class with one BasicBlock per stage
+    (half of ResNet-18), for small synthetic experiments on a CPU. It has no pretrained weights."""
+    if name == "resnet10":
+        from torchvision.models.resnet import BasicBlock, ResNet
+
+        return ResNet(BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
+    return getattr(torchvision.models, name)(weights=weights, norm_layer=norm_layer)
 
 
 class Backbone(nn.Module):
@@ -34,8 +44,10 @@ class Backbone(nn.Module):
         norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
         weights = None
         if cfg.torchvision_weights:
+            if cfg.backbone == "resnet10":
+                raise FcoslabError("config key 'model.torchvision_weights': resnet10 has no pretrained weights")
             weights = torchvision.models.get_model_weights(cfg.backbone).DEFAULT
-        net = getattr(torchvision.models, cfg.backbone)(weights=weights, norm_layer=norm)
+        net = _resnet(cfg.backbone, weights, norm)
         if cfg.backbone_weights:
             load_backbone_weights(net, cfg.backbone_weights)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)

@@ -61,8 +61,8 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
             (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms, biases, scales
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.train.lr)
-    return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, foreach=True)
+    return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum, foreach=True)
 
 
 def check_writable(out: Path) -> None:
