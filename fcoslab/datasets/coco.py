@@ -27,6 +27,10 @@ def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and np.isfinite(x)
 
 
+def _is_id(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def check_coco_dict(data, source: str) -> dict:
     """Validate a COCO detection dictionary and fill optional fields.
 
@@ -46,7 +50,7 @@ def check_coco_dict(data, source: str) -> dict:
             raise FcoslabError(f"{source}: '{key}' must be a list, got {type(data[key]).__name__}")
     categories, cat_ids = [], set()
     for i, c in enumerate(data["categories"]):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or isinstance(c.get("id"), bool):
+        if not isinstance(c, dict) or not _is_id(c.get("id")):
             raise FcoslabError(f"{source}: categories[{i}] needs an integer 'id', got {c!r:.80}")
         if c["id"] in cat_ids:
             raise FcoslabError(f"{source}: categories[{i}] repeats id {c['id']}")
@@ -57,7 +61,7 @@ def check_coco_dict(data, source: str) -> dict:
         raise FcoslabError(f"{source}: 'categories' is empty")
     images, image_ids = [], set()
     for i, im in enumerate(data["images"]):
-        if not isinstance(im, dict) or not isinstance(im.get("id"), int) or isinstance(im.get("id"), bool):
+        if not isinstance(im, dict) or not _is_id(im.get("id")):
             raise FcoslabError(f"{source}: images[{i}] needs an integer 'id', got {im!r:.80}")
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
             raise FcoslabError(f"{source}: images[{i}] (id {im['id']}) needs a 'file_name' string")
@@ -73,9 +77,9 @@ def check_coco_dict(data, source: str) -> dict:
         where = f"{source}: annotations[{i}]"
         if not isinstance(a, dict):
             raise FcoslabError(f"{where} must be an object, got {type(a).__name__}")
-        if a.get("image_id") not in image_ids:
+        if not _is_id(a.get("image_id")) or a["image_id"] not in image_ids:
             raise FcoslabError(f"{where} refers to image_id {a.get('image_id')!r}, which is not in 'images'")
-        if a.get("category_id") not in cat_ids:
+        if not _is_id(a.get("category_id")) or a["category_id"] not in cat_ids:
             raise FcoslabError(f"{where} refers to category_id {a.get('category_id')!r}, which is not in 'categories'")
         bbox = a.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):

@@ -1,0 +1,93 @@
+"""Training and inference images/s of each preset on the current device (random images at the preset's
+test size; no data loading). A benchmark, not a test.
+
+    python benchmarks/speed.py [--presets shapes imprv_coco_1x] [--batch 2] [--iters 5] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from fcoslab.config import list_presets, load_config
+from fcoslab.datasets import pad_targets, resized_shape
+from fcoslab.loss import fcos_loss
+from fcoslab.model import build_model
+from fcoslab.targets import fcos_targets
+from fcoslab.train import autocast_dtype, make_optimizer, resolve_device
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dict:
+    cfg = load_config(name, {"model.frozen_bn": False, "model.backbone_weights": "", "train.device": str(device)})
+    h, w = resized_shape(cfg.data.test_min_size, int(cfg.data.test_min_size * 4 / 3), cfg.data.test_min_size,
+                         cfg.data.max_size)
+    model = build_model(cfg, 80 if "coco" in name else 4).to(device)
+    amp = autocast_dtype(cfg, device)
+    ctx = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
+    images = torch.rand(batch, 3, -(-h // 128) * 128, -(-w // 128) * 128, device=device)
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(batch, 10, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+    boxes = torch.cat([xy, xy + torch.rand(batch, 10, 2, generator=g) * h * 0.3 + 4], -1).to(device)
+    labels = torch.randint(0, model.num_classes, (batch, 10), generator=g).to(device)
+    optimizer = make_optimizer(model, cfg)
+
+    def train_step():
+        with ctx():
+            out = model(images)
+        t = fcos_targets(out["points"], out["strides"], out["level_sizes"], boxes, labels, cfg.assign)
+        loss = fcos_loss(out, t, cfg.loss)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def infer_step():
+        from fcoslab.decode import decode
+
+        with ctx():
+            out = model(images)
+        size = torch.tensor([[h, w]] * batch, device=device)
+        decode(out, size, size, cfg.decode)
+
+    result = {"preset": name, "input": f"{h}x{w}", "batch": batch}
+    for label, step, mode in (("train img/s", train_step, model.train), ("infer img/s", infer_step, model.eval)):
+        mode()
+        step()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        sync(device)
+        result[label] = batch * iters / (time.perf_counter() - start)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="*", default=list_presets())
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); torch {torch.__version__}; batch {args.batch}, {args.iters} timed iterations")
+    print(f"| preset | input | train img/s | inference img/s |\n|---|---|---:|---:|")
+    for preset in args.presets:
+        r = bench_preset(preset, args.batch, args.iters, device)
+        print(f"| {r['preset']} | {r['input']} | {r['train img/s']:.1f} | {r['infer img/s']:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
