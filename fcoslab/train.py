@@ -124,6 +124,7 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict] = []
         self.nonfinite_total = 0
+        self.elapsed = 0.0  # seconds of training and evaluation, summed over resumes
         if ckpt is not None:
             self._restore(ckpt)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -139,7 +140,7 @@ class Trainer:
                 "batch_in_epoch": self.batch_in_epoch, "config": self.cfg.to_dict(),
                 "num_classes": self.model.num_classes, "cat_ids": list(self.index.cat_ids),
                 "class_names": list(self.index.names), "history": self.history,
-                "nonfinite_total": self.nonfinite_total, "rng": rng_state()}
+                "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed, "rng": rng_state()}
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -147,6 +148,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
         self.history, self.nonfinite_total = list(ckpt["history"]), ckpt.get("nonfinite_total", 0)
+        self.elapsed = ckpt.get("elapsed", 0.0)
         set_rng_state(ckpt["rng"])
         log.info("resumed %s at epoch %d, step %d", self.out, self.epoch, self.step)
 
@@ -258,11 +260,12 @@ class Trainer:
                     record = {"epoch": self.epoch, "step": self.step,
                               **{f"loss_{k}" if k != "loss" else "loss": round(v, 5) for k, v in losses.items() if k != "lr"},
                               **{k: round(stats[k], 5) for k in STAT_NAMES},
-                              "seconds": round(time.time() - started, 2)}
+                              "seconds": round(self.elapsed + time.time() - started, 2)}
                     self.history.append(record)
                     log.info("epoch %d: AP %.3f AP50 %.3f AP75 %.3f", self.epoch, stats["AP"], stats["AP50"], stats["AP75"])
                     if self.on_eval is not None:
                         self.on_eval(record)
+            self.elapsed += time.time() - started
             self.save()
         return self.history
 

@@ -104,6 +104,11 @@ def render_image(seed_seq: list[int], size: int) -> tuple[Image.Image, list[tupl
     return image, objects
 
 
+def generator_key(train: int, val: int, image_size: int, seed: int) -> str:
+    """Identifies the generator version and arguments, stored in each json's ``info``."""
+    return f"fcoslab-shapes v2 train={train} val={val} size={image_size} seed={seed}"
+
+
 def make_shapes(out: str | os.PathLike, train: int = 768, val: int = 128, image_size: int = 128,
                 seed: int = 0) -> dict[str, Path]:
     """Write ``OUT/{train,val}/*.png`` and ``OUT/{train,val}.json`` (COCO format).
@@ -131,7 +136,8 @@ def make_shapes(out: str | os.PathLike, train: int = 768, val: int = 128, image_
                 annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
                                     "category_id": CATEGORY_IDS[cls], "bbox": [x1, y1, w, h],
                                     "area": w * h, "iscrowd": 0})
-        ann = {"info": {"description": f"fcoslab shapes, seed {seed}, {split}"}, "images": images,
+        info = {"description": f"fcoslab shapes, seed {seed}, {split}", "generator": generator_key(train, val, image_size, seed)}
+        ann = {"info": info, "images": images,
                "annotations": annotations, "categories": categories}
         path = out / f"{split}.json"
         tmp = path.with_suffix(".json.tmp")
