@@ -101,7 +101,7 @@ def test_make_shapes_and_presets_commands(tmp_path):
      "annotation file {tmp}/none.json does not exist"),
     (["train", "--out", "{tmp}/r", "--set", "data.train_ann={tmp}/broken.json", "data.shapes_train=0"],
      "broken.json is not valid JSON"),
-    (["evaluate", "{tmp}/nothing"], "checkpoint {tmp}/nothing/last.pt does not exist"),
+    (["evaluate", "{tmp}/nothing"], "checkpoint {tmp}/nothing does not exist"),
     (["evaluate", "{tmp}/broken.json"], "cannot load checkpoint"),
     (["predict", "{tmp}/nothing", "x.png"], "does not exist"),
     (["check-data", "{tmp}/broken.json", "{tmp}"], "broken.json is not valid JSON"),
