@@ -37,6 +37,7 @@ class DataConfig:
     hflip: float = 0.5
     color_jitter: float = 0.0
     num_workers: int = 2
+    cache_images: bool = False  # keep decoded images in memory (small datasets; use with num_workers=0)
 
 
 @dataclass(frozen=True)

@@ -192,8 +192,9 @@ class CocoDetection(torch.utils.data.Dataset):
     """
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path, transforms=None, check_images: bool = True,
-                 data: dict | None = None):
+                 data: dict | None = None, cache_images: bool = False):
         self.ann_file, self.image_dir, self.transforms = Path(ann_file), Path(image_dir), transforms
+        self._cache: dict[int, Image.Image] | None = {} if cache_images else None
         self.data = data if data is not None else read_coco_json(ann_file)
         cats = sorted(self.data["categories"], key=lambda c: c["id"])
         self.index = CocoIndex([c["id"] for c in cats], [c["name"] for c in cats])
@@ -243,7 +244,12 @@ class CocoDetection(torch.utils.data.Dataset):
         return self.image_dir / self.images[i]["file_name"]
 
     def load_image(self, i: int) -> Image.Image:
-        return read_image(self.image_path(i))
+        """The RGB image of item ``i`` (decoded once and kept when the dataset caches images)."""
+        if self._cache is None:
+            return read_image(self.image_path(i))
+        if i not in self._cache:
+            self._cache[i] = read_image(self.image_path(i))
+        return self._cache[i]
 
     def __getitem__(self, i: int):
         from torchvision import tv_tensors

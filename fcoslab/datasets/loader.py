@@ -66,8 +66,9 @@ def build_datasets(cfg: Config, train_transforms: bool = True) -> tuple[CocoDete
         ensure_shapes(cfg)
     dist.barrier()
     d = cfg.data
-    train = CocoDetection(d.train_ann, d.train_images, build_transforms(d, train=train_transforms))
-    val = CocoDetection(d.val_ann, d.val_images, build_transforms(d, train=False))
+    train = CocoDetection(d.train_ann, d.train_images, build_transforms(d, train=train_transforms),
+                          cache_images=d.cache_images)
+    val = CocoDetection(d.val_ann, d.val_images, build_transforms(d, train=False), cache_images=d.cache_images)
     if train.index.cat_ids != val.index.cat_ids:
         raise FcoslabError(f"{d.train_ann} and {d.val_ann} have different category ids: "
                            f"{train.index.cat_ids} vs {val.index.cat_ids}")
