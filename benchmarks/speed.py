@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 
 from fcoslab.config import list_presets, load_config
-from fcoslab.datasets import pad_targets, resized_shape
+from fcoslab.datasets import resized_shape
 from fcoslab.loss import fcos_loss
 from fcoslab.model import build_model
 from fcoslab.targets import fcos_targets
@@ -82,7 +82,7 @@ def main() -> int:
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); torch {torch.__version__}; batch {args.batch}, {args.iters} timed iterations")
-    print(f"| preset | input | train img/s | inference img/s |\n|---|---|---:|---:|")
+    print("| preset | input | train img/s | inference img/s |\n|---|---|---:|---:|")
     for preset in args.presets:
         r = bench_preset(preset, args.batch, args.iters, device)
         print(f"| {r['preset']} | {r['input']} | {r['train img/s']:.1f} | {r['infer img/s']:.1f} |", flush=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-import torch
 from torch import Tensor
 
 from . import ops_reference as reference

@@ -186,9 +186,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        parts = {k: float(dist.all_reduce_mean(v.detach()).item()) for k, v in losses.items() if k != "num_pos"}
-        parts["lr"] = lr
-        return parts
+        names = [k for k in losses if k != "num_pos"]
+        values = dist.all_reduce_mean(torch.stack([losses[k].detach().float() for k in names])).tolist()  # one sync
+        return {**dict(zip(names, values)), "lr": lr}
 
     def train_epoch(self) -> dict:
         sampler = EpochBatchSampler(len(self.train_set), self.cfg.train.batch_size, self.rank, self.world,

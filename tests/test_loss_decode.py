@@ -1,6 +1,6 @@
 import torch
 
-from fcoslab.config import DecodeConfig, LossConfig, load_config
+from fcoslab.config import DecodeConfig, load_config
 from fcoslab.datasets import pad_targets
 from fcoslab.decode import decode
 from fcoslab.loss import fcos_loss
