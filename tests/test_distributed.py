@@ -86,33 +86,39 @@ def test_losses_normalise_by_the_global_number_of_positives():
     torch.testing.assert_close(reduced["cls"], local["cls"] * 4 / 8)
 
 
+def _checkpoint_stamp(run: Path):
+    path = run / "last.pt"
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(shapes_dir, tmp_path):
-    over = sets(shapes_dir, **{"train.epochs": 3, "train.eval_every": 1, "train.checkpoint_every": 2,
+    over = sets(shapes_dir, **{"train.epochs": 4, "train.eval_every": 1, "train.checkpoint_every": 2,
                                "model.frozen_bn": True})
     reference = cli("train", "--quiet", "--out", str(tmp_path / "ref"), "--set", *over)
     assert reference.returncode == 0, reference.stderr
     run = tmp_path / "killed"
     rng = random.Random(0)
-    args = ["train", "--quiet", "--out", str(run), "--set", *over]
     kills = 0
-    for attempt in range(12):
+    for _ in range(3):
+        args = ["train", "--quiet", "--resume", str(run)] if (run / "last.pt").exists() else \
+            ["train", "--quiet", "--out", str(run), "--set", *over]
+        before = _checkpoint_stamp(run)
         p = subprocess.Popen([sys.executable, "-m", "fcoslab", *args], env=env(), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 7.0))  # imports take ~3 s; kill while training, evaluating or saving
+        deadline = time.time() + 120
+        while p.poll() is None and _checkpoint_stamp(run) == before and time.time() < deadline:
+            time.sleep(0.02)  # wait until this process has made progress (a new checkpoint)...
+        time.sleep(rng.uniform(0.0, 0.8))  # ...then kill it at a random moment: training, evaluating or saving
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
-            p.wait()
             kills += 1
-        if p.returncode == 0:
-            break
-        args = ["train", "--quiet", "--resume", str(run)] if (run / "last.pt").exists() else args
-    else:
-        final = cli(*args)
-        assert final.returncode == 0, final.stderr
+        p.wait()
     assert kills >= 2, "the run finished before it could be killed twice; lengthen it"
+    final = cli("train", "--quiet", "--resume", str(run))
+    assert final.returncode == 0, final.stderr
     history = json.loads((run / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2, 3]  # each evaluation exactly once
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # each evaluation exactly once
     w_ref, w_run = weights(tmp_path / "ref"), weights(run)
     for k in w_ref:
         torch.testing.assert_close(w_run[k], w_ref[k], rtol=1e-5, atol=1e-6, msg=k)
