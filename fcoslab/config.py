@@ -175,13 +175,9 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def _sections() -> dict[str, type]:
-    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Config)}
-
-
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Apply flat ``{"section.key": value}`` overrides; unknown keys list the valid ones."""
-    sections = {name: getattr(cfg, name) for name in _sections()}
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if section not in sections:

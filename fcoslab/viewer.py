@@ -77,27 +77,29 @@ class PredictionViewer:
         self.update()
 
     # ------------------------------------------------------------------ data
-    def _source(self, i: int) -> tuple[Image.Image, Optional[dict], str]:
+    def _name(self, i: int) -> str:
+        n = len(self.dataset) if self.dataset is not None else 0
+        return self._uploads[i - n][0] if i >= n else self.dataset.images[i]["file_name"]
+
+    def _source(self, i: int) -> tuple[Image.Image, Optional[dict]]:
         n = len(self.dataset) if self.dataset is not None else 0
         if i >= n:
-            name, image = self._uploads[i - n]
-            return image, None, name
-        info = self.dataset.images[i]
-        boxes, labels = self.dataset.targets[info["id"]]
+            return self._uploads[i - n][1], None
+        boxes, labels = self.dataset.targets[self.dataset.images[i]["id"]]
         gt = {"boxes": torch.as_tensor(boxes), "labels": torch.as_tensor(labels)}
-        return self.dataset.load_image(i), gt, info["file_name"]
+        return self.dataset.load_image(i), gt
 
     def prediction(self, i: int) -> dict:
         """Detections of image ``i`` at score >= 0 (computed once, then cached)."""
         if i not in self._cache:
-            image, _, _ = self._source(i)
+            image, _ = self._source(i)
             self._cache[i] = self.predictor([image])[0]
         return self._cache[i]
 
     # ------------------------------------------------------------------ drawing
     def render(self, i: int, score: float, classes: Sequence[str], show_gt: bool) -> tuple[bytes, list[dict]]:
         """PNG bytes of image ``i`` with what the controls select, and the rows of the detection table."""
-        image, gt, _ = self._source(i)
+        image, gt = self._source(i)
         det = self.prediction(i)
         wanted = torch.tensor([self.names[int(l)] in classes for l in det["labels"]], dtype=torch.bool)
         keep = (det["scores"] >= score) & wanted
@@ -134,7 +136,7 @@ class PredictionViewer:
             return
         png, rows = self.render(self.index.value, self.score.value, self.classes.value, self.show_gt.value)
         self.image.value = png
-        _, _, name = self._source(self.index.value)
+        name = self._name(self.index.value)
         cells = "".join(f"<tr><td>{r['class']}</td><td>{'' if r['score'] is None else r['score']}</td>"
                         f"<td>{r['box']}</td><td>{r['result']}</td></tr>" for r in rows)
         self.table.value = (f"<b>{name}</b>: {sum(r['result'] != 'missed' for r in rows)} detections shown"

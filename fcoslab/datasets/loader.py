@@ -8,6 +8,7 @@ single-process run.
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 from pathlib import Path
 
@@ -131,8 +132,8 @@ def make_loader(dataset, batch_sampler, cfg: Config, batch_size: int = 1) -> tor
     workers = cfg.data.num_workers
     common = dict(num_workers=workers, collate_fn=partial(collate, size_divisibility=max(cfg.model.strides)),
                   pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    if workers > 0:
-        common["multiprocessing_context"] = "fork" if hasattr(__import__("os"), "fork") else None
+    if workers > 0 and hasattr(os, "fork"):
+        common["multiprocessing_context"] = "fork"
     if batch_sampler is None:
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
     return torch.utils.data.DataLoader(SeededSamples(dataset), batch_sampler=batch_sampler, **common)
