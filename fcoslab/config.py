@@ -93,7 +93,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_factor: float = 1.0 / 3
-    lr_steps: tuple[int, ...] = (8, 11)  # epochs at which lr is multiplied by lr_gamma
+    lr_schedule: str = "step"  # step (x lr_gamma at each of lr_steps) | cosine (to 0 at the last step)
+    lr_steps: tuple[float, ...] = (8, 11)  # epochs (fractions allowed) after which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
     grad_clip: float = 0.0  # 0 = off
     amp: str = "auto"  # auto (fp16 on CUDA) | fp16 | bf16 | off
@@ -265,7 +266,8 @@ def validate(cfg: Config) -> None:
                "model.regression": (m.regression, ("exp", "relu_stride")),
                "loss.box": (cfg.loss.box, ("iou", "giou")),
                "train.amp": (cfg.train.amp, ("auto", "fp16", "bf16", "off")),
-               "train.optimizer": (cfg.train.optimizer, ("sgd", "adamw"))}
+               "train.optimizer": (cfg.train.optimizer, ("sgd", "adamw")),
+               "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise FcoslabError(f"config key '{key}': '{value}' is not one of {', '.join(allowed)}")

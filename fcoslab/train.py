@@ -1,4 +1,4 @@
-"""Training: SGD with warm-up and step decay, AMP, checkpoints, resume, per-epoch COCO mAP history.
+"""Training: SGD or AdamW with warm-up and step or cosine decay, AMP, checkpoints, resume, per-epoch COCO mAP history.
 
 Runs in one process or under torchrun (DistributedDataParallel). Rank 0 alone writes ``config.json``,
 ``last.pt`` and ``history.json`` in the run folder.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -44,10 +45,16 @@ def autocast_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
 
 
-def lr_factor(step: int, epoch: int, cfg: Config) -> float:
-    """Learning-rate multiplier: linear warm-up over ``warmup_iters`` steps, then x gamma at each lr step."""
+def lr_factor(step: int, cfg: Config, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup_iters`` steps, then either
+    x ``lr_gamma`` at each of ``lr_steps`` (epochs, fractions allowed: 4.5 is half-way through the fifth)
+    or a half cosine from 1 down to 0 at the end of the last epoch."""
     t = cfg.train
-    decay = t.lr_gamma ** sum(epoch >= s for s in t.lr_steps)
+    epochs_done = step / max(steps_per_epoch, 1)
+    if t.lr_schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(epochs_done / t.epochs, 1.0)))
+    else:
+        decay = t.lr_gamma ** sum(epochs_done >= s for s in t.lr_steps)
     if step < t.warmup_iters:
         alpha = step / t.warmup_iters
         return decay * (t.warmup_factor * (1 - alpha) + alpha)
@@ -161,7 +168,7 @@ class Trainer:
     # ----------------------------------------------------------------- steps
     def train_step(self, batch: dict) -> Optional[dict]:
         """One optimisation step. Returns the loss parts, or None when the loss was not finite."""
-        lr = self.cfg.train.lr * lr_factor(self.step, self.epoch, self.cfg)
+        lr = self.cfg.train.lr * lr_factor(self.step, self.cfg, self.batches_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = batch["images"].to(self.device, non_blocking=True)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -54,3 +55,24 @@ def test_config_roundtrip_through_dict():
     cfg = load_config("imprv_coco_1x", ["train.epochs=2"])
     again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and isinstance(again, Config)
+
+
+def test_learning_rate_schedules():
+    from fcoslab.train import lr_factor
+
+    step = load_config("shapes", {"train.warmup_iters": 10, "train.warmup_factor": 0.2, "train.lr_steps": (2, 3.5),
+                                  "train.lr_gamma": 0.1, "train.epochs": 4})
+    assert lr_factor(0, step, 10) == pytest.approx(0.2)  # warm-up starts at warmup_factor
+    assert lr_factor(5, step, 10) == pytest.approx(0.6)
+    assert lr_factor(10, step, 10) == 1.0
+    assert lr_factor(19, step, 10) == 1.0
+    assert lr_factor(20, step, 10) == pytest.approx(0.1)  # epoch 2 reached
+    assert lr_factor(34, step, 10) == pytest.approx(0.1)
+    assert lr_factor(35, step, 10) == pytest.approx(0.01)  # half-way through the fourth epoch
+    assert load_config("shapes", {"train.lr_steps": "[4.5]"}).train.lr_steps == (4.5,)
+    cosine = step.replace(**{"train.lr_schedule": "cosine"})
+    assert lr_factor(20, cosine, 10) == pytest.approx(0.5)
+    assert lr_factor(40, cosine, 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(10, cosine, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    with pytest.raises(FcoslabError, match="train.lr_schedule"):
+        load_config("shapes", {"train.lr_schedule": "linear"})
