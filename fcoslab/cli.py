@@ -26,7 +26,7 @@ def _cmd_presets(args) -> None:
 def _cmd_make_shapes(args) -> None:
     from .datasets import make_shapes
 
-    paths = make_shapes(args.out, args.train, args.val, args.image_size, args.seed)
+    paths = make_shapes(args.out, args.train, args.val, args.image_size, args.seed, args.min_side)
     print(f"wrote {args.train} train and {args.val} val images: {paths['train']}, {paths['val']}")
 
 
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=128)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-side", type=float, default=0.12,
+                   help="smallest object side as a fraction of the image size (default 0.12; 0.08 is harder)")
     p.set_defaults(func=_cmd_make_shapes)
 
     p = sub.add_parser("check-data", help="validate a COCO annotation file and its images")

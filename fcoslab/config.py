@@ -30,6 +30,7 @@ class DataConfig:
     shapes_val: int = 0
     shapes_image_size: int = 128
     shapes_seed: int = 0
+    shapes_min_side: float = 0.12  # smallest object side as a fraction of shapes_image_size
     # Training resize: shorter side drawn from min_size (scale jitter), longer side at most max_size.
     min_size: tuple[int, ...] = (800,)
     max_size: int = 1333

@@ -87,9 +87,13 @@ def test_predict_draws_and_writes_json(trained_run, shapes_dir, tmp_path):
 
 
 def test_make_shapes_and_presets_commands(tmp_path):
-    code, out, err = run_cli("make-shapes", str(tmp_path / "s"), "--train", "3", "--val", "2", "--image-size", "48")
+    code, out, err = run_cli("make-shapes", str(tmp_path / "s"), "--train", "3", "--val", "2", "--image-size", "48",
+                             "--min-side", "0.2")
     assert code == 0, err
     assert len(list((tmp_path / "s" / "train").glob("*.png"))) == 3
+    assert "min_side=0.2" in (tmp_path / "s" / "train.json").read_text()
+    code, out, err = run_cli("make-shapes", str(tmp_path / "t"), "--min-side", "0")
+    assert code == 2 and "min_side 0 must lie between" in err and "Traceback" not in err
     code, out, _ = run_cli("presets")
     assert code == 0 and "seed_coco_2x" in out and "imprv_coco_1x" in out and "shapes" in out
 

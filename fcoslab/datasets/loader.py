@@ -28,7 +28,7 @@ def ensure_shapes(cfg: Config) -> None:
     d = cfg.data
     if d.shapes_train <= 0:
         return
-    wanted = generator_key(d.shapes_train, d.shapes_val, d.shapes_image_size, d.shapes_seed)
+    wanted = generator_key(d.shapes_train, d.shapes_val, d.shapes_image_size, d.shapes_seed, d.shapes_min_side)
     found = [_generated_by(Path(p)) for p in (d.train_ann, d.val_ann)]
     if found == [wanted, wanted]:
         return
@@ -42,7 +42,7 @@ def ensure_shapes(cfg: Config) -> None:
                            "val_ann, train_images and val_images do not follow the layout OUT/train.json, "
                            "OUT/val.json, OUT/train, OUT/val; set data.shapes_train=0 for your own data")
     log.info("generating the shapes dataset into %s (%d train, %d val images)", out, d.shapes_train, d.shapes_val)
-    make_shapes(out, d.shapes_train, d.shapes_val, d.shapes_image_size, d.shapes_seed)
+    make_shapes(out, d.shapes_train, d.shapes_val, d.shapes_image_size, d.shapes_seed, d.shapes_min_side)
 
 
 def _generated_by(path: Path):
