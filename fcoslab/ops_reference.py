@@ -27,18 +27,34 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Optional[Tens
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
-    ranked = boxes[order].float()
-    suppresses = box_iou(ranked, ranked) > iou_threshold  # (N, N)
-    if idxs is not None:
-        group = idxs[order]
-        suppresses &= group[:, None] == group[None, :]
-    suppresses = suppresses.triu(diagonal=1)
+    suppresses = _suppression_matrix(boxes[order].float(), None if idxs is None else idxs[order], iou_threshold)
     keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
     while True:
         new_keep = ~suppresses[keep].any(dim=0)
         if torch.equal(new_keep, keep):
             return order[keep]
         keep = new_keep
+
+
+def _suppression_matrix(ranked: Tensor, group: Optional[Tensor], iou_threshold: float,
+                        max_block_elements: int = 1 << 22) -> Tensor:
+    """``(N, N)`` bool, True where ranked box j < i overlaps box i by more than the threshold (same group).
+
+    Built in blocks of rows, each against the boxes ranked after its first row only, so that the float
+    intermediates stay under ``max_block_elements`` elements each: the bool result (N^2 bytes) is the
+    only thing of size N x N (20k boxes: 0.4 GB, where a whole float IoU matrix and its corner tensors
+    took over 13 GB).
+    """
+    n = len(ranked)
+    out = torch.zeros(n, n, dtype=torch.bool, device=ranked.device)
+    rows_per_block = max(1, max_block_elements // n)
+    for start in range(0, n, rows_per_block):
+        stop = min(start + rows_per_block, n)
+        block = box_iou(ranked[start:stop], ranked[start:]) > iou_threshold  # (rows, N - start)
+        if group is not None:
+            block &= group[start:stop, None] == group[None, start:]
+        out[start:stop, start:] = block
+    return out.triu_(diagonal=1)
 
 
 def sigmoid_focal_loss(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 
@@ -233,6 +234,7 @@ def plot_map_curves(histories: dict[str, list[dict]], keys: Sequence[str] = ("AP
             ax.plot(epochs, [h[key] for h in history], marker="o", label=name)
         ax.set_title(key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -30,6 +30,17 @@ def test_batched_nms_matches_torchvision(seed):
     assert torch.equal(got, torchvision.ops.batched_nms(boxes, scores, idxs, 0.5))
 
 
+@pytest.mark.parametrize("block", [1, 7 * 400, 1 << 22])
+def test_suppression_matrix_is_the_same_in_any_block_size(block):
+    from fcoslab.boxes import box_iou
+    from fcoslab.ops_reference import _suppression_matrix
+
+    boxes, _ = random_boxes(400, 3)
+    group = torch.randint(0, 5, (400,), generator=torch.Generator().manual_seed(3))
+    whole = ((box_iou(boxes, boxes) > 0.4) & (group[:, None] == group[None, :])).triu(diagonal=1)
+    assert torch.equal(_suppression_matrix(boxes, group, 0.4, max_block_elements=block), whole)
+
+
 def test_nms_hand_table():
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10.0], [5, 0, 15, 10], [10, 0, 20, 10], [100, 100, 110, 110]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
