@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO format)")
     p.add_argument("out", help="output folder (gets train/, val/, train.json, val.json)")
-    p.add_argument("--train", type=int, default=768)
+    p.add_argument("--train", type=int, default=4608, help="training images (default: the shapes preset's 4608)")
     p.add_argument("--val", type=int, default=128)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)

@@ -116,7 +116,7 @@ def generator_key(train: int, val: int, image_size: int, seed: int, min_side: fl
     return f"fcoslab-shapes v3 train={train} val={val} size={image_size} seed={seed} min_side={min_side:g}"
 
 
-def make_shapes(out: str | os.PathLike, train: int = 768, val: int = 128, image_size: int = 128,
+def make_shapes(out: str | os.PathLike, train: int = 4608, val: int = 128, image_size: int = 128,
                 seed: int = 0, min_side: float = 0.12) -> dict[str, Path]:
     """Write ``OUT/{train,val}/*.png`` and ``OUT/{train,val}.json`` (COCO format).
 
