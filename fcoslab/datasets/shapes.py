@@ -3,12 +3,12 @@
 Each image holds 0-7 filled shapes of four classes on a noisy gradient background with unannotated
 clutter (thin lines and dots). Object sides are drawn log-uniformly from ``min_side`` (12% by default) to
 85% of the image size so that they spread over the FPN levels; objects may overlap (pairwise IoU up to 0.3).
+Boxes are the tight pixel extents of what was drawn.
 
 The default smallest side, 15 px in a 128 px image, is about two strides of P3. Version 2 of the
 generator went down to 8% (10 px, 1.3 strides): there a third of the shapes preset's missed objects
 were boxes of 8-12 px localised at IoU 0.2-0.45, and val AP50 stayed at 0.915 where it is 0.957 now
-(README, "Shapes preset"). ``min_side=0.08`` still makes that harder set.
-Boxes are the tight pixel extents of what was drawn.
+(README, the table of preset variants). ``min_side=0.08`` still makes that harder set.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def render_image(seed_seq: list[int], size: int, min_side: float = 0.12) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
+def render_image(seed_seq: list[int], size: int,
+                 min_side: float = 0.12) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
     """Render one image. Returns the PIL image and ``[(class_index, [x1, y1, x2, y2]), ...]``."""
     rng = np.random.default_rng(seed_seq)
     pixels = _background(rng, size)
