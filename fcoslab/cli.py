@@ -12,12 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
+from .config import PRESET_DIR, list_presets, load_config, parse_overrides
 from .errors import FcoslabError
 
 
 def _cmd_presets(args) -> None:
-    from .config import PRESET_DIR, list_presets
-
     for name in list_presets():
         doc = json.loads((PRESET_DIR / f"{name}.json").read_text()).get("_doc", "")
         print(f"{name:16s} {doc}")
@@ -43,15 +42,12 @@ def _cmd_check_data(args) -> None:
 
 def _cmd_train(args) -> None:
     from . import distributed as dist
-    from .config import load_config
     from .train import train
 
     if args.resume:
-        if args.config != "shapes":
+        if args.config is not None:
             raise FcoslabError("--resume continues a run with its own saved config; drop --config "
                                "(--set may change training keys, e.g. train.epochs=24)")
-        from .config import parse_overrides
-
         overrides = parse_overrides(args.set)
         history = train(None, args.resume, resume=True, progress=not args.quiet, resume_overrides=overrides)
         out = args.resume
@@ -61,7 +57,7 @@ def _cmd_train(args) -> None:
         if (Path(args.out) / "last.pt").exists() and not args.force:
             raise FcoslabError(f"{args.out} already holds a run (last.pt); use --resume {args.out} to continue it, "
                                "--force to start over, or another --out")
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config or "shapes", args.set)
         history = train(cfg, args.out, progress=not args.quiet)
         out = args.out
     if dist.is_main() and history:
@@ -98,14 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named configs")
     p.set_defaults(func=_cmd_presets)
 
+    shapes = load_config("shapes").data  # make-shapes defaults to the set the shapes preset trains on
     p = sub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO format)")
     p.add_argument("out", help="output folder (gets train/, val/, train.json, val.json)")
-    p.add_argument("--train", type=int, default=4608, help="training images (default: the shapes preset's 4608)")
-    p.add_argument("--val", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-side", type=float, default=0.12,
-                   help="smallest object side as a fraction of the image size (default 0.12; 0.08 is harder)")
+    p.add_argument("--train", type=int, default=shapes.shapes_train, help=f"default {shapes.shapes_train}")
+    p.add_argument("--val", type=int, default=shapes.shapes_val, help=f"default {shapes.shapes_val}")
+    p.add_argument("--image-size", type=int, default=shapes.shapes_image_size,
+                   help=f"default {shapes.shapes_image_size}")
+    p.add_argument("--seed", type=int, default=shapes.shapes_seed, help=f"default {shapes.shapes_seed}")
+    p.add_argument("--min-side", type=float, default=shapes.shapes_min_side,
+                   help=f"smallest object side as a fraction of the image size (default {shapes.shapes_min_side:g}; "
+                        "0.08 is harder)")
     p.set_defaults(func=_cmd_make_shapes)
 
     p = sub.add_parser("check-data", help="validate a COCO annotation file and its images")
@@ -114,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check_data)
 
     p = sub.add_parser("train", help="train a detector (works under torchrun)")
-    p.add_argument("--config", default="shapes", help="preset name or JSON file (default: shapes)")
+    p.add_argument("--config", help="preset name or JSON file (default: shapes)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.epochs=2")
     p.add_argument("--out", help="run folder")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")

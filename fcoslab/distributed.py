@@ -49,14 +49,6 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def broadcast_object(obj):
-    if world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -18,12 +18,16 @@ from . import ops_reference as reference
 BACKENDS = ("auto", "torch", "cupy")
 
 
+def _kernels_turned_off() -> bool:
+    return os.environ.get("FCOSLAB_BACKEND", "").lower() == "torch"
+
+
 def backends() -> dict[str, str]:
     """``{"torch": "available", "cupy": "available" or the reason it is not}``."""
     from .cuda import unavailable_reason
 
     reason = unavailable_reason()
-    if os.environ.get("FCOSLAB_BACKEND", "").lower() == "torch":
+    if _kernels_turned_off():
         reason = "turned off by FCOSLAB_BACKEND=torch" + (f" ({reason})" if reason else "")
     return {"torch": "available", "cupy": reason or "available"}
 
@@ -33,22 +37,18 @@ def _use_cupy(backend: str, tensors: Sequence[Tensor], op: str) -> bool:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return False
-    on_cuda = all(t.is_cuda for t in tensors)
-    if backend == "cupy":
-        if not on_cuda:
-            raise ValueError(f"{op}: backend='cupy' needs CUDA tensors, got tensors on "
-                             f"{sorted({str(t.device) for t in tensors})}; use backend='auto' or 'torch'")
-        from .cuda import unavailable_reason
-
-        reason = unavailable_reason()
-        if reason:
-            raise RuntimeError(f"{op}: backend='cupy' is unavailable: {reason}")
-        return True
-    if not on_cuda or os.environ.get("FCOSLAB_BACKEND", "").lower() == "torch":
-        return False
     from .cuda import unavailable_reason
 
-    return unavailable_reason() is None
+    on_cuda = all(t.is_cuda for t in tensors)
+    if backend == "auto":
+        return on_cuda and not _kernels_turned_off() and unavailable_reason() is None
+    if not on_cuda:
+        raise ValueError(f"{op}: backend='cupy' needs CUDA tensors, got tensors on "
+                         f"{sorted({str(t.device) for t in tensors})}; use backend='auto' or 'torch'")
+    reason = unavailable_reason()
+    if reason:
+        raise RuntimeError(f"{op}: backend='cupy' is unavailable: {reason}")
+    return True
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str = "auto") -> Tensor:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from .checkpoint import load_checkpoint, write_json
 from .config import config_from_dict
-from .datasets import read_image, resized_shape
-from .datasets.coco import to_rgb
+from .datasets import build_transforms, read_image
+from .datasets.coco import make_sample, to_rgb
 from .datasets.transforms import collate
-from .decode import decode
+from .evaluate import predict_loader
 from .errors import FcoslabError
 from .model import build_model
 from .train import resolve_device
@@ -37,30 +38,19 @@ class Predictor:
         self.class_names: list[str] = list(ckpt["class_names"])
         self.cat_ids: list[int] = list(ckpt["cat_ids"])
         self.epoch = ckpt["epoch"]
+        self.transforms = build_transforms(self.cfg.data, train=False)
 
     def _prepare(self, image: Image.Image) -> tuple[torch.Tensor, dict]:
-        from torchvision.transforms.v2 import functional as F
+        """The evaluation transforms of the run's config, applied to one image without ground truth."""
+        return self.transforms(*make_sample(to_rgb(image), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 0))
 
-        tensor = F.to_dtype(F.pil_to_tensor(to_rgb(image)), torch.float32, scale=True)
-        h, w = tensor.shape[-2:]
-        size = list(resized_shape(h, w, self.cfg.data.test_min_size, self.cfg.data.max_size))
-        tensor = F.resize(tensor, size, antialias=True)
-        target = {"orig_size": torch.tensor([h, w]), "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                  "image_id": 0}
-        return tensor, target
-
-    @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
         """Detections for PIL images: one dict per image with ``boxes`` float (N, 4) xyxy pixels of the
         image as given, ``scores`` (N,), ``labels`` int64 (N,)."""
-        results = []
-        for start in range(0, len(images), batch_size):
-            batch = collate([self._prepare(im) for im in images[start:start + batch_size]], max(self.cfg.model.strides))
-            outputs = self.model(batch["images"].to(self.device))
-            dets = decode(outputs, batch["image_sizes"].to(self.device), batch["orig_sizes"].to(self.device),
-                          self.cfg.decode)
-            results += [{k: v.cpu() for k, v in d.items()} for d in dets]
-        return results
+        stride = max(self.cfg.model.strides)
+        batches = (collate([self._prepare(im) for im in images[start:start + batch_size]], stride)
+                   for start in range(0, len(images), batch_size))
+        return [det for _, det in predict_loader(self.model, batches, self.cfg, self.device)]
 
 
 def draw_detections(image: Image.Image, det: dict, class_names: Sequence[str], score_thresh: float = 0.0,

@@ -57,8 +57,8 @@ class PredictionViewer:
         self.names = predictor.class_names
         self._cache: dict = {}
         self._uploads: list[tuple[str, Image.Image]] = []
-        n = len(dataset) if dataset is not None else 0
-        self.index = W.IntSlider(value=0, min=0, max=max(n - 1, 0), description="image")
+        self._n_dataset = len(dataset) if dataset is not None else 0
+        self.index = W.IntSlider(value=0, min=0, max=max(self._n_dataset - 1, 0), description="image")
         self.prev_button, self.next_button = W.Button(description="◀ prev"), W.Button(description="next ▶")
         self.score = W.FloatSlider(value=score, min=0.0, max=1.0, step=0.01, description="score ≥")
         self.classes = W.SelectMultiple(options=list(self.names), value=tuple(self.names), description="classes", rows=4)
@@ -78,11 +78,11 @@ class PredictionViewer:
 
     # ------------------------------------------------------------------ data
     def _name(self, i: int) -> str:
-        n = len(self.dataset) if self.dataset is not None else 0
+        n = self._n_dataset
         return self._uploads[i - n][0] if i >= n else self.dataset.images[i]["file_name"]
 
     def _source(self, i: int) -> tuple[Image.Image, Optional[dict]]:
-        n = len(self.dataset) if self.dataset is not None else 0
+        n = self._n_dataset
         if i >= n:
             return self._uploads[i - n][1], None
         boxes, labels = self.dataset.targets[self.dataset.images[i]["id"]]
@@ -131,7 +131,7 @@ class PredictionViewer:
         return buffer.getvalue(), rows
 
     def update(self) -> None:
-        if self.index.value >= (len(self.dataset) if self.dataset is not None else 0) + len(self._uploads):
+        if self.index.value >= self._n_dataset + len(self._uploads):
             self.table.value = "no images yet: upload one"
             return
         png, rows = self.render(self.index.value, self.score.value, self.classes.value, self.show_gt.value)
@@ -148,7 +148,7 @@ class PredictionViewer:
     def add_image(self, image: Image.Image, name: str = "upload") -> int:
         """Add a user's image (predicted on, without ground truth); returns its index and shows it."""
         self._uploads.append((name, image.convert("RGB")))
-        n = (len(self.dataset) if self.dataset is not None else 0) + len(self._uploads)
+        n = self._n_dataset + len(self._uploads)
         self.index.max = n - 1
         self.index.value = n - 1
         return n - 1

@@ -252,20 +252,25 @@ class CocoDetection(torch.utils.data.Dataset):
         return self._cache[i]
 
     def __getitem__(self, i: int):
-        from torchvision import tv_tensors
-        from torchvision.transforms.v2 import functional as F
-
         info = self.images[i]
-        pil = self.load_image(i)
-        w, h = pil.size
         boxes, labels = self.targets[info["id"]]
-        boxes = boxes.copy()
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)  # the file may differ from the json's width/height
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        image = tv_tensors.Image(F.pil_to_tensor(pil))
-        target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(h, w)),
-                  "labels": torch.from_numpy(labels), "image_id": info["id"],
-                  "orig_size": torch.tensor([h, w])}
+        image, target = make_sample(self.load_image(i), boxes, labels, info["id"])
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def make_sample(pil: Image.Image, boxes: np.ndarray, labels: np.ndarray, image_id: int):
+    """``(image, target)`` as :class:`CocoDetection` items are, before the transforms: boxes float (M, 4)
+    xyxy pixels, clipped to the image (a file may differ from its json's width and height)."""
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as F
+
+    w, h = pil.size
+    boxes = boxes.copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    image = tv_tensors.Image(F.pil_to_tensor(pil))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(h, w)),
+              "labels": torch.from_numpy(labels), "image_id": image_id, "orig_size": torch.tensor([h, w])}
+    return image, target

@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..checkpoint import atomic_write
 from ..errors import FcoslabError
 
 CLASSES = ("ellipse", "rectangle", "triangle", "cross")
+DEFAULT_MIN_SIDE = 0.12  # smallest object side as a fraction of the image size (see the module docstring)
 # Category ids as COCO files carry them; deliberately not 0..K-1 so the label mapping is always exercised.
 CATEGORY_IDS = (1, 2, 3, 5)
 
@@ -78,8 +80,7 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def render_image(seed_seq: list[int], size: int,
-                 min_side: float = 0.12) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
+def render_image(seed_seq: list[int], size: int, min_side: float) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
     """Render one image. Returns the PIL image and ``[(class_index, [x1, y1, x2, y2]), ...]``."""
     rng = np.random.default_rng(seed_seq)
     pixels = _background(rng, size)
@@ -112,13 +113,13 @@ def render_image(seed_seq: list[int], size: int,
     return image, objects
 
 
-def generator_key(train: int, val: int, image_size: int, seed: int, min_side: float = 0.12) -> str:
+def generator_key(train: int, val: int, image_size: int, seed: int, min_side: float) -> str:
     """Identifies the generator version and arguments, stored in each json's ``info``."""
     return f"fcoslab-shapes v3 train={train} val={val} size={image_size} seed={seed} min_side={min_side:g}"
 
 
 def make_shapes(out: str | os.PathLike, train: int = 4608, val: int = 128, image_size: int = 128,
-                seed: int = 0, min_side: float = 0.12) -> dict[str, Path]:
+                seed: int = 0, min_side: float = DEFAULT_MIN_SIDE) -> dict[str, Path]:
     """Write ``OUT/{train,val}/*.png`` and ``OUT/{train,val}.json`` (COCO format).
 
     ``min_side`` is the smallest object side as a fraction of ``image_size`` (at most 0.85).
@@ -152,8 +153,6 @@ def make_shapes(out: str | os.PathLike, train: int = 4608, val: int = 128, image
         ann = {"info": info, "images": images,
                "annotations": annotations, "categories": categories}
         path = out / f"{split}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(ann))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(ann)))
         paths[split] = path
     return paths
