@@ -1,10 +1,15 @@
-"""Time and peak memory of the pure-torch NMS reference on the CPU.
+"""Time and peak memory of NMS on the CPU: the pure-torch reference, fcoslab's auto path, torchvision.
 
     python benchmarks/nms_cpu.py --boxes 20000 [--classes 80]
 
-Prints milliseconds per call and the growth of the process's peak resident memory during the calls,
-and checks the kept boxes against torchvision (the same set, in the same score order; boxes of equal
-score may come in another order, since torchvision's per-class path sorts without a tie rule).
+For each of ``fcoslab.ops.{nms,batched_nms}(backend="torch")`` (the pure-torch reference),
+``fcoslab.ops.{nms,batched_nms}(backend="auto")`` (on CPU tensors: torchvision's compiled NMS, one call
+per group, see ``fcoslab.ops._torchvision_nms``) and ``torchvision.ops.{nms,batched_nms}``, prints
+milliseconds per call and the growth of the process's peak resident memory during the calls (runs go in
+that order, so a run's growth is what it needed beyond the runs before it). Then checks that the auto path
+returns the reference's indices exactly, and that torchvision keeps the same boxes (the same set, in the
+same score order; boxes of equal score may come in another order, since torchvision's per-class path sorts
+without a tie rule).
 """
 
 from __future__ import annotations
@@ -27,6 +32,16 @@ def random_boxes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([xy, xy + wh], dim=1), torch.rand(n, generator=g)
 
 
+def timed(run, iters: int) -> tuple[torch.Tensor, float, float]:
+    """(last result, ms per call, MiB of peak resident memory growth)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    for _ in range(iters):
+        keep = run()
+    ms = (time.perf_counter() - start) / iters * 1000
+    return keep, ms, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boxes", type=int, default=20000)
@@ -36,21 +51,25 @@ def main() -> None:
     boxes, scores = random_boxes(args.boxes)
     idxs = torch.randint(0, max(args.classes, 1), (args.boxes,), generator=torch.Generator().manual_seed(1))
     if args.classes:
-        run = partial(ops.batched_nms, boxes, scores, idxs, 0.5, backend="torch")
-        expected = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
+        op, fcoslab_op = "batched_nms", partial(ops.batched_nms, boxes, scores, idxs, 0.5)
+        tv_op = partial(torchvision.ops.batched_nms, boxes, scores, idxs, 0.5)
     else:
-        run = partial(ops.nms, boxes, scores, 0.5, backend="torch")
-        expected = torchvision.ops.nms(boxes, scores, 0.5)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    start = time.perf_counter()
-    for _ in range(args.iters):
-        keep = run()
-    ms = (time.perf_counter() - start) / args.iters * 1000
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    same = set(keep.tolist()) == set(expected.tolist()) and torch.equal(scores[keep], scores[expected])
-    print(f"{'batched_nms' if args.classes else 'nms'} torch reference, {args.boxes} boxes"
-          f"{f', {args.classes} classes' if args.classes else ''}: {ms:.1f} ms per call, peak memory +{grown:.0f} MiB, "
-          f"{len(keep)} kept, same as torchvision: {same}")
+        op, fcoslab_op = "nms", partial(ops.nms, boxes, scores, 0.5)
+        tv_op = partial(torchvision.ops.nms, boxes, scores, 0.5)
+    auto = ops._choose("auto", (boxes, scores), op, ops.BACKENDS)
+    runs = {"torch reference (backend='torch')": partial(fcoslab_op, backend="torch"),
+            f"fcoslab auto (runs {auto!r})": partial(fcoslab_op, backend="auto"),
+            f"torchvision.ops.{op}": tv_op}
+    print(f"{op}, {args.boxes} boxes{f', {args.classes} classes' if args.classes else ''}, "
+          f"torch threads: {torch.get_num_threads()}")
+    kept = {}
+    for name, run in runs.items():
+        kept[name], ms, grown = timed(run, args.iters)
+        print(f"  {name:42s} {ms:9.1f} ms per call, peak memory +{grown:.0f} MiB, {len(kept[name])} kept")
+    reference, auto_keep, tv_keep = kept.values()
+    same_tv = set(reference.tolist()) == set(tv_keep.tolist()) and torch.equal(scores[reference], scores[tv_keep])
+    print(f"  auto == reference index for index: {torch.equal(auto_keep, reference)}; "
+          f"torchvision keeps the same boxes: {same_tv}")
 
 
 if __name__ == "__main__":

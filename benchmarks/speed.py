@@ -10,7 +10,6 @@ import argparse
 import platform
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -19,7 +18,8 @@ from fcoslab.datasets import resized_shape
 from fcoslab.loss import fcos_loss
 from fcoslab.model import build_model
 from fcoslab.targets import fcos_targets
-from fcoslab.train import autocast_dtype, make_optimizer, resolve_device
+from fcoslab.inference import choose_precision, resolve_device
+from fcoslab.train import make_optimizer
 
 
 def sync(device: torch.device) -> None:
@@ -32,14 +32,14 @@ def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dic
     h, w = resized_shape(cfg.data.test_min_size, int(cfg.data.test_min_size * 4 / 3), cfg.data.test_min_size,
                          cfg.data.max_size)
     model = build_model(cfg, 80 if "coco" in name else 4).to(device)
-    amp = autocast_dtype(cfg, device)
-    ctx = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
+    precision = choose_precision(cfg.train.amp, device)
+    ctx = lambda: precision.autocast(device)  # noqa: E731
     images = torch.rand(batch, 3, -(-h // 128) * 128, -(-w // 128) * 128, device=device)
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(batch, 10, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
     boxes = torch.cat([xy, xy + torch.rand(batch, 10, 2, generator=g) * h * 0.3 + 4], -1).to(device)
     labels = torch.randint(0, model.num_classes, (batch, 10), generator=g).to(device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg.train)
 
     def train_step():
         with ctx():
@@ -59,7 +59,7 @@ def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dic
         size = torch.tensor([[h, w]] * batch, device=device)
         decode(out, size, size, cfg.decode)
 
-    result = {"preset": name, "input": f"{h}x{w}", "batch": batch}
+    result = {"preset": name, "input": f"{h}x{w}", "batch": batch, "precision": precision.name}
     for label, step, mode in (("train img/s", train_step, model.train), ("infer img/s", infer_step, model.eval)):
         mode()
         step()

@@ -72,9 +72,9 @@ def _cmd_evaluate(args) -> None:
 
     ckpt = Path(args.checkpoint)
     out = args.out or (ckpt if ckpt.is_dir() else ckpt.parent) / "results.json"
-    stats, results, _ = evaluate_checkpoint(ckpt, args.ann, args.images, out, device=args.device)
-    print(summary_text(stats))
-    print(f"{len(results)} detections written to {out}")
+    evaluation = evaluate_checkpoint(ckpt, args.ann, args.images, out, device=args.device)
+    print(summary_text(evaluation.stats))
+    print(f"{len(evaluation.results)} detections written to {out}")
 
 
 def _cmd_predict(args) -> None:

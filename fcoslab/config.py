@@ -45,6 +45,7 @@ class DataConfig:
 class ModelConfig:
     num_classes: int = 0  # 0: taken from the training annotation file
     backbone: str = "resnet50"  # resnet10 | resnet18 | resnet34 | resnet50 | resnet101
+    backbone_width: int = 64  # channels of the first stage (resnet10/18/34 only; 64 = torchvision's)
     backbone_weights: str = ""  # local state_dict file; "" = random init
     torchvision_weights: bool = False  # use torchvision's weight enum (needs network or its cache)
     frozen_bn: bool = True
@@ -81,18 +82,23 @@ class DecodeConfig:
     score_thresh: float = 0.05
     pre_nms_topk: int = 1000  # per level
     nms_thresh: float = 0.6
+    class_agnostic_nms: bool = False  # True: boxes of different classes suppress each other too
     max_detections: int = 100
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12
+    # Images per epoch; 0 = one pass over the training set. A fixed number gives a run the same length
+    # (steps, warm-up, decays, evaluations) on any dataset: an epoch then draws that many images, pass
+    # after pass over the set.
+    images_per_epoch: int = 0
     batch_size: int = 16  # global: split over processes under torchrun
     optimizer: str = "sgd"  # sgd (momentum) | adamw
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iters: int = 500
+    warmup_iters: int = 500  # at most a quarter of the run
     warmup_factor: float = 1.0 / 3
     lr_schedule: str = "step"  # step (x lr_gamma at each of lr_steps) | cosine (to 0 at the last step)
     lr_steps: tuple[float, ...] = (8, 11)  # epochs (fractions allowed) after which lr is multiplied by lr_gamma
@@ -100,6 +106,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     amp: str = "auto"  # auto (fp16 on CUDA) | fp16 | bf16 | off
     eval_every: int = 1
+    eval_batch_size: int = 8  # images per evaluation batch (per process); evaluate and predict use it too
     checkpoint_every: int = 0  # iterations between mid-epoch checkpoints; 0 = epoch ends only
     max_nonfinite: int = 5  # consecutive non-finite losses that stop training
     seed: int = 0
@@ -177,8 +184,18 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+DATA_PATH_KEYS = ("data.train_ann", "data.train_images", "data.val_ann", "data.val_images")
+
+
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """Apply flat ``{"section.key": value}`` overrides; unknown keys list the valid ones."""
+    """Apply flat ``{"section.key": value}`` overrides; unknown keys list the valid ones.
+
+    Overrides that give the data paths (any of :data:`DATA_PATH_KEYS`) without any ``data.shapes_*`` key
+    also set ``data.shapes_train=0``: the four paths alone point any preset at the user's data, and the
+    generated shapes set is then neither made nor checked.
+    """
+    if any(k in overrides for k in DATA_PATH_KEYS) and not any(k.startswith("data.shapes_") for k in overrides):
+        overrides = {**overrides, "data.shapes_train": 0}
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
@@ -281,8 +298,19 @@ def validate(cfg: Config) -> None:
     if m.fpn_channels < 2 or m.fpn_channels % 2:
         raise FcoslabError(f"config key 'model.fpn_channels' must be an even number of at least 2, got {m.fpn_channels}")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
-                       ("data.max_size", cfg.data.max_size), ("train.eval_every", cfg.train.eval_every)):
+                       ("data.max_size", cfg.data.max_size), ("train.eval_every", cfg.train.eval_every),
+                       ("train.eval_batch_size", cfg.train.eval_batch_size)):
         if value < 1:
             raise FcoslabError(f"config key '{key}' must be at least 1, got {value}")
+    if m.backbone_width != 64:
+        if m.backbone not in ("resnet10", "resnet18", "resnet34") or m.backbone_width < 8 or m.backbone_width % 8:
+            raise FcoslabError(f"config key 'model.backbone_width': {m.backbone_width} needs a resnet10/18/34 backbone "
+                               f"and a multiple of 8 (got backbone {m.backbone}); 64 is torchvision's width")
+        if m.backbone_weights or m.torchvision_weights:
+            raise FcoslabError(f"config key 'model.backbone_width': pretrained weights exist only for width 64, "
+                               f"got {m.backbone_width}")
+    if cfg.train.images_per_epoch and cfg.train.images_per_epoch < cfg.train.batch_size:
+        raise FcoslabError(f"config key 'train.images_per_epoch' must be 0 (one pass over the data) or at least "
+                           f"train.batch_size ({cfg.train.batch_size}), got {cfg.train.images_per_epoch}")
     if not 0 <= m.freeze_at <= 5:
         raise FcoslabError(f"config key 'model.freeze_at' must be in 0..5, got {m.freeze_at}")

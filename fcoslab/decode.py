@@ -15,8 +15,9 @@ def decode(outputs: dict, image_sizes: Tensor, orig_sizes: Tensor, cfg: DecodeCo
 
     Per level: scores (sigmoid of the class logits, times the center-ness probability under a square
     root when the model has center-ness), the ``pre_nms_topk`` best (point, class) pairs, those above
-    ``score_thresh``. Then boxes are clipped to the image, one class-aware NMS runs over the whole batch
-    (groups = image x class), the ``max_detections`` best are kept and mapped to original pixels.
+    ``score_thresh``. Then boxes are clipped to the image, one NMS runs over the whole batch (groups =
+    image x class, or image alone with ``class_agnostic_nms``, so that a box also suppresses lower-scored
+    boxes of other classes on the same object), the ``max_detections`` best are kept and mapped to original pixels.
 
     Args:
         outputs: the model's output dict.
@@ -54,7 +55,8 @@ def decode(outputs: dict, image_sizes: Tensor, orig_sizes: Tensor, cfg: DecodeCo
     image = torch.arange(B, device=boxes.device)[:, None].expand_as(labels)
     keep = cand > cfg.score_thresh
     boxes, cand, labels, image = boxes[keep], cand[keep], labels[keep], image[keep]
-    kept = ops.batched_nms(boxes, cand, image * K + labels, cfg.nms_thresh)  # decreasing score
+    groups = image if cfg.class_agnostic_nms else image * K + labels
+    kept = ops.batched_nms(boxes, cand, groups, cfg.nms_thresh)  # decreasing score
     scale = (orig_sizes.to(boxes.device, torch.float32) / hw)  # (B, 2) as sy, sx
     results = []
     for b in range(B):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -13,8 +14,8 @@ import torch
 from .boxes import xyxy_to_xywh
 from .config import Config
 from .datasets.coco import CocoIndex, coco_api
-from .decode import decode
 from .errors import FcoslabError
+from .inference import Precision, Predictor, predict_batches
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 _SUMMARY_ROWS = [  # (metric, iou, area, maxDets) in the order pycocotools prints them
@@ -71,17 +72,45 @@ def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] 
     return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}, evaluator
 
 
-@torch.no_grad()
-def predict_loader(model, loader, cfg: Config, device: torch.device, autocast_dtype=None):
-    """Run the model over a loader; yields ``(image_id, detections)`` on the CPU."""
-    model.eval()
-    for batch in loader:
-        images = batch["images"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            outputs = model(images)
-        dets = decode(outputs, batch["image_sizes"].to(device), batch["orig_sizes"].to(device), cfg.decode)
-        for image_id, det in zip(batch["image_ids"], dets):
-            yield image_id, {k: v.cpu() for k, v in det.items()}
+def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+    """Batches of ``train.eval_batch_size`` images in dataset order; process ``rank`` takes batches
+    rank, rank + world, ... Every image is padded with the same neighbours whatever the number of
+    processes, so evaluation gives the same numbers in one process or many, during training or after."""
+    from .datasets import make_loader
+
+    size = cfg.train.eval_batch_size
+    batches = [[(i, 0) for i in range(s, min(s + size, len(dataset)))] for s in range(0, len(dataset), size)]
+    return make_loader(dataset, batches[rank::world], cfg)
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation produced (on rank 0): the 12 COCO ``stats``, the COCO ``results`` list,
+    the accumulated ``evaluator`` (None without detections) and the ``class_names`` of the labels."""
+
+    stats: dict[str, float]
+    results: list[dict]
+    evaluator: Optional[object]
+    class_names: list[str]
+
+
+def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision: Precision, rank: int = 0,
+                   world: int = 1) -> Optional[Evaluation]:
+    """Detect on every image of ``dataset`` with ``model`` (in eval mode) and score with COCOeval.
+
+    Under torchrun each process detects on its share of the batches and rank 0 scores the gathered
+    results; other ranks return None.
+    """
+    from . import distributed as dist
+
+    detections = predict_batches(model, evaluation_loader(dataset, cfg, rank, world), cfg, device, precision)
+    results = to_coco_results(detections, dataset.index)
+    if world > 1:
+        results = [r for part in dist.all_gather_objects(results) for r in part]
+        if rank != 0:
+            return None
+    stats, evaluator = coco_evaluate(dataset.data, results)
+    return Evaluation(stats, results, evaluator, list(dataset.index.names))
 
 
 def per_class_ap(evaluator) -> np.ndarray:
@@ -96,15 +125,13 @@ def per_class_ap(evaluator) -> np.ndarray:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, image_dir: Optional[str] = None,
-                        results_out: Optional[str | Path] = None, device: str = "auto", batch_size: int = 8):
-    """Evaluate a run folder or checkpoint on its validation set (or ``ann_file`` + ``image_dir``).
-
-    Returns:
-        (stats dict, COCO results list, COCOeval or None). Writes the results json when ``results_out``.
+                        results_out: Optional[str | Path] = None, device: str = "auto") -> Evaluation:
+    """Evaluate a run folder or checkpoint on its validation set (or ``ann_file`` + ``image_dir``), with
+    the run's precision rule and evaluation batch size: on the run's validation set and the same kind of
+    device, the numbers equal those in its ``history.json``. Writes the results json when ``results_out``.
     """
     from .checkpoint import write_json
-    from .datasets import CocoDetection, build_transforms, make_loader
-    from .predict import Predictor
+    from .datasets import CocoDetection, build_transforms
 
     predictor = Predictor(checkpoint, device=device)
     cfg = predictor.cfg
@@ -115,10 +142,7 @@ def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, 
     if dataset.index.cat_ids != predictor.cat_ids:
         raise FcoslabError(f"{ann_file} has category ids {dataset.index.cat_ids[:10]}, but the model was trained "
                            f"on {predictor.cat_ids[:10]}")
-    loader = make_loader(dataset, None, cfg, batch_size=batch_size)
-    detections = predict_loader(predictor.model, loader, cfg, predictor.device)
-    results = to_coco_results(detections, dataset.index)
+    evaluation = evaluate_model(predictor.model, dataset, cfg, predictor.device, predictor.precision)
     if results_out is not None:
-        write_json(Path(results_out), results)
-    stats, evaluator = coco_evaluate(dataset.data, results)
-    return stats, results, evaluator
+        write_json(Path(results_out), evaluation.results)
+    return evaluation

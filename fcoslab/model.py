@@ -22,18 +22,72 @@ from .errors import FcoslabError
 
 log = logging.getLogger("fcoslab")
 
-_BACKBONE_CHANNELS = {"resnet10": (128, 256, 512), "resnet18": (128, 256, 512), "resnet34": (128, 256, 512),
-                      "resnet50": (512, 1024, 2048), "resnet101": (512, 1024, 2048)}
+_BLOCKS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}  # BasicBlock nets
 
 
-def _resnet(name: str, weights, norm_layer) -> nn.Module:
+def backbone_channels(name: str, width: int = 64) -> tuple[int, int, int]:
+    """Channels of C3, C4, C5 for a backbone whose first stage has ``width`` channels."""
+    expansion = 1 if name in _BLOCKS else 4  # BasicBlock or Bottleneck
+    return 2 * width * expansion, 4 * width * expansion, 8 * width * expansion
+
+
+def _resnet(name: str, weights, norm_layer, width: int = 64) -> nn.Module:
     """torchvision's ResNets; ``resnet10`` is torchvision's ResNet class with one BasicBlock per stage
-    (half of ResNet-18), for small synthetic experiments on a CPU. It has no pretrained weights."""
-    if name == "resnet10":
-        from torchvision.models.resnet import BasicBlock, ResNet
+    (half of ResNet-18), for small experiments on a CPU. It has no pretrained weights.
 
-        return ResNet(BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
+    ``width`` (BasicBlock nets only) scales the channels of every stage: 64 is torchvision's network,
+    32 has about a quarter of its multiply-adds."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    if name == "resnet10" or width != 64:
+        net = ResNet(BasicBlock, _BLOCKS[name], norm_layer=norm_layer)
+        if width != 64:  # rebuild every stage at the new width with torchvision's own layer builder
+            net.inplanes = width
+            net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+            net.bn1 = norm_layer(width)
+            for i in range(4):
+                setattr(net, f"layer{i + 1}", net._make_layer(BasicBlock, width * 2 ** i, _BLOCKS[name][i],
+                                                              stride=1 if i == 0 else 2))
+            for m in net.modules():  # torchvision's initialisation of the rebuilt layers
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        return net
     return getattr(torchvision.models, name)(weights=weights, norm_layer=norm_layer)
+
+
+class _ConvThenFrozenBN(nn.Conv2d):
+    """A convolution whose following FrozenBatchNorm2d is folded into it: one convolution with weights
+    ``w * scale`` and bias ``shift`` (``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``),
+    recomputed at every call so that training updates ``w`` as before. This saves the normalisation's two
+    passes over the activations, forward and backward; the parameters and buffers keep their names."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.folded_bn[0]
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()  # (C_out,)
+        return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale)
+
+
+class _FoldedFrozenBN(FrozenBatchNorm2d):
+    """A FrozenBatchNorm2d whose affine its convolution applies: it keeps its buffers and passes x through."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def fold_frozen_bn(net: nn.Module) -> int:
+    """Fold every FrozenBatchNorm2d of a torchvision ResNet into the convolution before it (in place);
+    returns the number folded. Outputs are equal up to float rounding."""
+    pairs = [(net.conv1, net.bn1)]
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in stage:
+            pairs += [(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")) for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
+            if block.downsample is not None:
+                pairs.append((block.downsample[0], block.downsample[1]))
+    for conv, bn in pairs:
+        if type(conv) is nn.Conv2d and type(bn) is FrozenBatchNorm2d and conv.bias is None:
+            conv.__class__, bn.__class__ = _ConvThenFrozenBN, _FoldedFrozenBN
+            conv.folded_bn = (bn,)  # a tuple: not registered as a submodule, so no duplicate state_dict keys
+    return len(pairs)
 
 
 class Backbone(nn.Module):
@@ -47,12 +101,14 @@ class Backbone(nn.Module):
             if cfg.backbone == "resnet10":
                 raise FcoslabError("config key 'model.torchvision_weights': resnet10 has no pretrained weights")
             weights = torchvision.models.get_model_weights(cfg.backbone).DEFAULT
-        net = _resnet(cfg.backbone, weights, norm)
+        net = _resnet(cfg.backbone, weights, norm, cfg.backbone_width)
         if cfg.backbone_weights:
             load_backbone_weights(net, cfg.backbone_weights)
+        if cfg.frozen_bn:
+            fold_frozen_bn(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = _BACKBONE_CHANNELS[cfg.backbone]
+        self.out_channels = backbone_channels(cfg.backbone, cfg.backbone_width)
         for stage in [self.stem, self.layer1, self.layer2, self.layer3, self.layer4][: cfg.freeze_at]:
             stage.requires_grad_(False)
 

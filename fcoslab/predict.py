@@ -1,56 +1,24 @@
-"""Inference on image files with a trained checkpoint, and drawing of detections."""
+"""Prediction on image files with a trained run, and drawing of detections (:class:`Predictor` lives in
+:mod:`fcoslab.inference`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from .checkpoint import load_checkpoint, write_json
-from .config import config_from_dict
-from .datasets import build_transforms, read_image
-from .datasets.coco import make_sample, to_rgb
-from .datasets.transforms import collate
-from .evaluate import predict_loader
+from .checkpoint import write_json
+from .datasets import read_image
+from .datasets.coco import to_rgb
 from .errors import FcoslabError
-from .model import build_model
-from .train import resolve_device
+from .inference import Predictor
+
+__all__ = ["Predictor", "draw_detections", "list_images", "predict_files", "PALETTE"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
-
-
-class Predictor:
-    """A trained detector: ``Predictor("runs/shapes")`` or ``Predictor("runs/shapes/last.pt")``."""
-
-    def __init__(self, checkpoint: str | Path, device: str = "auto"):
-        ckpt = load_checkpoint(checkpoint)
-        self.cfg = config_from_dict(ckpt["config"])
-        self.device = resolve_device(device)
-        self.model = build_model(self.cfg.replace(**{"model.backbone_weights": "", "model.torchvision_weights": False}),
-                                 ckpt["num_classes"])
-        self.model.load_state_dict(ckpt["model"])
-        self.model.to(self.device).eval()
-        self.class_names: list[str] = list(ckpt["class_names"])
-        self.cat_ids: list[int] = list(ckpt["cat_ids"])
-        self.epoch = ckpt["epoch"]
-        self.transforms = build_transforms(self.cfg.data, train=False)
-
-    def _prepare(self, image: Image.Image) -> tuple[torch.Tensor, dict]:
-        """The evaluation transforms of the run's config, applied to one image without ground truth."""
-        return self.transforms(*make_sample(to_rgb(image), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 0))
-
-    def __call__(self, images: Sequence[Image.Image], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
-        """Detections for PIL images: one dict per image with ``boxes`` float (N, 4) xyxy pixels of the
-        image as given, ``scores`` (N,), ``labels`` int64 (N,)."""
-        stride = max(self.cfg.model.strides)
-        batches = (collate([self._prepare(im) for im in images[start:start + batch_size]], stride)
-                   for start in range(0, len(images), batch_size))
-        return [det for _, det in predict_loader(self.model, batches, self.cfg, self.device)]
 
 
 def draw_detections(image: Image.Image, det: dict, class_names: Sequence[str], score_thresh: float = 0.0,

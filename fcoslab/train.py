@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,10 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
-from .config import Config, config_from_dict, validate
+from .config import Config, TrainConfig, config_from_dict, validate
 from .datasets import EpochBatchSampler, build_datasets, make_loader, pad_targets
 from .errors import FcoslabError
-from .evaluate import STAT_NAMES, coco_evaluate, predict_loader, to_coco_results
+from .evaluate import STAT_NAMES, evaluate_model
+from .inference import choose_precision, resolve_device
 from .loss import fcos_loss
 from .model import build_model
 from .targets import fcos_targets
@@ -30,46 +30,32 @@ from .targets import fcos_targets
 log = logging.getLogger("fcoslab")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FcoslabError(f"config key 'train.device' is '{name}' but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
-    amp = cfg.train.amp
-    if amp == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
-
-
-def lr_factor(step: int, cfg: Config, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup_iters`` steps, then either
-    x ``lr_gamma`` at each of ``lr_steps`` (epochs, fractions allowed: 4.5 is half-way through the fifth)
-    or a half cosine from 1 down to 0 at the end of the last epoch."""
-    t = cfg.train
+def lr_factor(step: int, t: TrainConfig, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup_iters`` steps (at most a quarter
+    of the run, so that a short run still reaches its peak), then either x ``lr_gamma`` at each of
+    ``lr_steps`` (epochs, fractions allowed: 4.5 is half-way through the fifth) or a half cosine from 1
+    down to 0 at the end of the last epoch."""
+    warmup = min(t.warmup_iters, t.epochs * steps_per_epoch // 4)
     epochs_done = step / max(steps_per_epoch, 1)
     if t.lr_schedule == "cosine":
         decay = 0.5 * (1.0 + math.cos(math.pi * min(epochs_done / t.epochs, 1.0)))
     else:
         decay = t.lr_gamma ** sum(epochs_done >= s for s in t.lr_steps)
-    if step < t.warmup_iters:
-        alpha = step / t.warmup_iters
+    if step < warmup:
+        alpha = step / warmup
         return decay * (t.warmup_factor * (1 - alpha) + alpha)
     return decay
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms, biases, scales
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.train.lr, foreach=True)
-    return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum, foreach=True)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr, foreach=True)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, foreach=True)
 
 
 def check_writable(out: Path) -> None:
@@ -124,10 +110,13 @@ class Trainer:
                 self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             elif dist.is_main():
                 log.warning("BatchNorm statistics are per process on CPU (SyncBatchNorm needs CUDA)")
-        self.optimizer = make_optimizer(self.model, cfg)
-        self.amp_dtype = autocast_dtype(cfg, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.batches_per_epoch = EpochBatchSampler(len(self.train_set), cfg.train.batch_size, 0, 1, cfg.train.seed).num_batches
+        self.optimizer = make_optimizer(self.model, cfg.train)
+        self.precision = choose_precision(cfg.train.amp, self.device)
+        if dist.is_main():
+            log.info("precision: %s on %s (%s)", self.precision.name, self.device, self.precision.reason)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.dtype == torch.float16)
+        self.batches_per_epoch = EpochBatchSampler(len(self.train_set), cfg.train.batch_size, 0, 1, cfg.train.seed,
+                                                   epoch_length=cfg.train.images_per_epoch).num_batches
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict] = []
         self.nonfinite_total = 0
@@ -168,7 +157,7 @@ class Trainer:
     # ----------------------------------------------------------------- steps
     def train_step(self, batch: dict) -> Optional[dict]:
         """One optimisation step. Returns the loss parts, or None when the loss was not finite."""
-        lr = self.cfg.train.lr * lr_factor(self.step, self.cfg, self.batches_per_epoch)
+        lr = self.cfg.train.lr * lr_factor(self.step, self.cfg.train, self.batches_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = batch["images"].to(self.device, non_blocking=True)
@@ -176,8 +165,7 @@ class Trainer:
                                           [l.to(self.device) for l in batch["labels"]])
         if self.cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with amp:
+        with self.precision.autocast(self.device):
             outputs = self.ddp(images)
         targets = fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
                                self.cfg.assign)
@@ -199,7 +187,8 @@ class Trainer:
 
     def train_epoch(self) -> dict:
         sampler = EpochBatchSampler(len(self.train_set), self.cfg.train.batch_size, self.rank, self.world,
-                                    self.cfg.train.seed, epoch=self.epoch, start_batch=self.batch_in_epoch)
+                                    self.cfg.train.seed, epoch=self.epoch, start_batch=self.batch_in_epoch,
+                                    epoch_length=self.cfg.train.images_per_epoch)
         loader = make_loader(self.train_set, sampler, self.cfg)
         sums: dict[str, float] = {}
         count, consecutive_bad = 0, 0
@@ -241,17 +230,13 @@ class Trainer:
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     def evaluate(self) -> dict[str, float]:
-        """COCO stats on the validation set; inference is split over processes and gathered on rank 0."""
-        shard = torch.utils.data.Subset(self.val_set, list(range(self.rank, len(self.val_set), self.world)))
-        loader = make_loader(shard, None, self.cfg, batch_size=max(1, self.cfg.train.batch_size // self.world))
-        detections = list(predict_loader(self.model, loader, self.cfg, self.device, self.amp_dtype))
-        gathered = dist.all_gather_objects(to_coco_results(detections, self.index))
+        """COCO stats on the validation set, exactly as ``fcoslab evaluate`` computes them for the saved
+        checkpoint; batches are shared out over processes and the results gathered on rank 0."""
+        self.model.eval()
+        evaluation = evaluate_model(self.model, self.val_set, self.cfg, self.device, self.precision,
+                                    self.rank, self.world)
         self.model.train()
-        if not dist.is_main():
-            return {}
-        results = [r for part in gathered for r in part]
-        stats, _ = coco_evaluate(self.val_set.data, results)
-        return stats
+        return evaluation.stats if evaluation is not None else {}
 
     def run(self) -> list[dict]:
         cfg = self.cfg

@@ -71,6 +71,15 @@ def test_evaluate_prints_summary_and_writes_results(trained_run, capsys):
     assert all(r["category_id"] in (1, 2, 3, 5) and len(r["bbox"]) == 4 for r in results)
 
 
+def test_evaluate_equals_the_history_of_the_checkpoint(trained_run, tmp_path):
+    from fcoslab.evaluate import STAT_NAMES, evaluate_checkpoint
+
+    history = json.loads((trained_run / "history.json").read_text())
+    stats = evaluate_checkpoint(trained_run).stats
+    assert history[-1]["AP"] > 0  # something was detected, so the comparison means something
+    assert {k: round(stats[k], 5) for k in STAT_NAMES} == {k: history[-1][k] for k in STAT_NAMES}
+
+
 def test_predict_draws_and_writes_json(trained_run, shapes_dir, tmp_path):
     photo = tmp_path / "photo.jpg"
     exif = Image.Exif()

@@ -128,3 +128,144 @@ def test_backend_dispatch_errors_and_report():
 def test_backend_env_turns_kernels_off(monkeypatch):
     monkeypatch.setenv("FCOSLAB_BACKEND", "torch")
     assert ops.backends()["cupy"].startswith("turned off by FCOSLAB_BACKEND=torch")
+
+
+# ---------------------------------------------------- torchvision backend (CPU auto) against the reference
+def detections(n, seed, groups=80, size=1333.0, levels=0):
+    """``n`` boxes of an FCOS-like output: float32 (n, 4) up to ``size`` px, scores (n,), groups (n,).
+
+    ``levels`` > 0 quantises scores to that many values (many ties); groups are spread out int64 ids.
+    """
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * size
+    wh = torch.rand(n, 2, generator=g) * size / 4 + 2
+    scores = torch.rand(n, generator=g)
+    if levels:
+        scores = torch.randint(0, levels, (n,), generator=g).float() / levels
+    idxs = torch.randint(0, groups, (n,), generator=g) * 7 + 3  # ids need not be 0..G-1
+    return torch.cat([xy, xy + wh], 1), scores, idxs
+
+
+def test_auto_runs_torchvision_on_cpu_and_torch_runs_the_reference():
+    boxes, scores = random_boxes(5, 0)
+    assert ops._choose("auto", (boxes, scores), "nms", ops.BACKENDS) == "torchvision"
+    assert ops._choose("torch", (boxes, scores), "nms", ops.BACKENDS) == "torch"
+    assert ops._choose("auto", (boxes, scores), "fcos_assign") == "torch"  # no torchvision counterpart
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.sigmoid_focal_loss(torch.zeros(2, 3), torch.tensor([0, -1]), backend="torchvision")
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("thresh", [0.3, 0.5, 0.7])
+def test_auto_nms_equals_reference(seed, thresh):
+    boxes, scores, _ = detections(3000, seed, size=300.0)
+    got = ops.nms(boxes, scores, thresh)
+    assert torch.equal(got, ops.nms(boxes, scores, thresh, backend="torch"))
+    assert torch.equal(ops.nms(boxes, scores, thresh, backend="torchvision"), got)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("thresh", [0.3, 0.6, 0.8])
+@pytest.mark.parametrize("groups", [1, 80, 1280])
+def test_auto_batched_nms_equals_reference(seed, thresh, groups):
+    boxes, scores, idxs = detections(4000, seed, groups=groups)
+    got = ops.batched_nms(boxes, scores, idxs, thresh)
+    assert torch.equal(got, ops.batched_nms(boxes, scores, idxs, thresh, backend="torch"))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("levels", [2, 5])
+def test_auto_nms_equals_reference_with_tied_scores(seed, levels):
+    boxes, scores, idxs = detections(3000, seed, groups=20, size=400.0, levels=levels)
+    assert torch.equal(ops.nms(boxes, scores, 0.5), ops.nms(boxes, scores, 0.5, backend="torch"))
+    got = ops.batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(got, ops.batched_nms(boxes, scores, idxs, 0.5, backend="torch"))
+    ranked = scores[got]
+    assert bool((ranked[:-1] >= ranked[1:]).all())  # decreasing scores ...
+    tied = ranked[:-1] == ranked[1:]
+    assert bool((got[:-1][tied] < got[1:][tied]).all())  # ... ties: lower index first
+
+
+def test_tied_identical_boxes_keep_the_lowest_index():
+    boxes = torch.tensor([[0, 0, 10, 10.0]] * 50)
+    scores = torch.full((50,), 0.5)
+    scores[[7, 30]] = 0.2
+    assert ops.nms(boxes, scores, 0.5).tolist() == [0]
+    assert ops.batched_nms(boxes, scores, torch.arange(50) % 3, 0.5).tolist() == [0, 1, 2]
+
+
+def test_batched_nms_stays_exact_with_many_groups_and_large_offsets():
+    # 1280 groups of 1333-px images: a float32 offset of group 1279 is ~1.7e6 px, where float32 steps by
+    # 0.125 px. Box 2 is box 1 shifted by 0.06 px (IoU 0.988); in float32 the shift rounds away, the IoU
+    # becomes 1 and the float32 offset trick (torchvision.ops.batched_nms on small inputs) drops box 2.
+    boxes = torch.tensor([[0, 0, 10, 10], [0.06, 0, 10.06, 10]] + [[0, 0, 1333, 1333.0]] * 1280)
+    scores = torch.cat([torch.tensor([0.9, 0.8]), torch.full((1280,), 0.1)])
+    idxs = torch.cat([torch.tensor([1279, 1279]), torch.arange(1280)])
+    expected = [0, 1] + list(range(2, 1282))
+    assert ops.batched_nms(boxes, scores, idxs, 0.99, backend="torch").tolist() == expected
+    assert ops.batched_nms(boxes, scores, idxs, 0.99).tolist() == expected
+
+
+@pytest.mark.parametrize("thresh", [0.5, 0.7])
+def test_batched_nms_near_threshold_pairs_in_1280_groups(thresh):
+    # each group: a pair of small boxes whose IoU is within 2% of the threshold, and a full-image box
+    g = torch.Generator().manual_seed(int(thresh * 10))
+    side = torch.rand(1280, generator=g) * 30 + 8
+    iou = thresh * (1 + (torch.rand(1280, generator=g) - 0.5) * 0.04)
+    shift = side * (1 - iou) / (1 + iou)  # IoU of a box and itself shifted by d along x: (s - d) / (s + d)
+    xy = torch.rand(1280, 2, generator=g) * 1280
+    a = torch.cat([xy, xy + side[:, None]], 1)
+    b = a + torch.stack([shift, torch.zeros(1280)] * 2, 1)
+    boxes = torch.cat([a, b, torch.tensor([[0, 0, 1333, 1333.0]]).expand(1280, 4)])
+    scores = torch.rand(3 * 1280, generator=g)
+    idxs = torch.arange(1280).repeat(3)
+    expected = ops.batched_nms(boxes, scores, idxs, thresh, backend="torch")
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, thresh), expected)
+    # the float32 coordinate-offset trick decides some of these pairs differently
+    float32_offsets = boxes + (idxs * (boxes.max() + 1))[:, None]
+    assert not torch.equal(torchvision.ops.nms(float32_offsets, scores, thresh), expected)
+
+
+def test_iou_equal_to_the_threshold_is_decided_as_the_reference_does():
+    # IoU 50 / 150 = 1/3 exactly. The reference compares float32 IoU with the threshold rounded to float32
+    # (equal: not above, box 1 kept); torchvision compares in double (0.33333334 > 1/3: suppressed).
+    boxes = torch.tensor([[0, 0, 10, 10], [5, 0, 15, 10.0]])
+    scores = torch.tensor([0.9, 0.8])
+    assert ops.nms(boxes, scores, 1 / 3, backend="torch").tolist() == [0, 1]
+    assert ops.nms(boxes, scores, 1 / 3).tolist() == [0, 1]
+    assert ops.batched_nms(boxes, scores, torch.tensor([2, 2]), 1 / 3).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_auto_nms_other_dtypes(dtype):
+    boxes, scores, idxs = detections(1000, 4, groups=10, size=300.0)
+    boxes, scores = boxes.to(dtype), scores.to(dtype)
+    assert torch.equal(ops.nms(boxes, scores, 0.5), ops.nms(boxes, scores, 0.5, backend="torch"))
+    got = ops.batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(got, ops.batched_nms(boxes, scores, idxs, 0.5, backend="torch"))
+
+
+def test_batched_nms_negative_threshold_and_infinite_boxes_follow_the_reference():
+    boxes, scores, idxs = detections(300, 5, groups=4, size=100.0)
+    for thresh in (-0.5, 0.5):
+        assert torch.equal(ops.batched_nms(boxes, scores, idxs, thresh),
+                           ops.batched_nms(boxes, scores, idxs, thresh, backend="torch"))
+    boxes[3, 2] = float("inf")
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.5),
+                       ops.batched_nms(boxes, scores, idxs, 0.5, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", ["auto", "torchvision", "torch"])
+def test_empty_inputs_give_empty_int64(backend):
+    boxes, scores, idxs = torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    for keep in (ops.nms(boxes, scores, 0.5, backend=backend),
+                 ops.batched_nms(boxes, scores, idxs, 0.5, backend=backend)):
+        assert keep.dtype == torch.int64 and keep.shape == (0,)
+
+
+def test_backends_report_torchvision(monkeypatch):
+    assert ops.backends()["torchvision"] == "available"
+    monkeypatch.setenv("FCOSLAB_BACKEND", "torch")  # turns the CuPy kernels off, not torchvision's NMS
+    assert ops.backends()["torchvision"] == "available"
+    boxes, scores = random_boxes(5, 0)
+    assert ops._choose("auto", (boxes, scores), "nms", ops.BACKENDS) == "torchvision"

@@ -84,31 +84,46 @@ def build_datasets(cfg: Config, train_transforms: bool = True) -> tuple[CocoDete
 class EpochBatchSampler(torch.utils.data.Sampler):
     """Batches of ``(index, sample_seed)`` for one process and one epoch.
 
-    The epoch's permutation comes from (seed, epoch); each global batch of ``batch_size`` indices is
-    cut into ``world`` equal, contiguous slices and this process takes slice ``rank``. Batches before
-    ``start_batch`` are skipped (resume). An epoch has ``len // batch_size`` batches (at least one:
-    a set smaller than a batch is repeated to fill it).
+    The samples form one stream, pass after pass over the dataset, each pass in the order of a
+    permutation seeded by (seed, pass). Epoch ``e`` takes the next ``epoch_length`` samples of the
+    stream: by default one pass (its last ``length % batch_size`` samples are dropped; a set smaller
+    than a batch is repeated to fill one). Each global batch of ``batch_size`` samples is cut into ``world`` equal,
+    contiguous slices and this process takes slice ``rank``. Batches before ``start_batch`` are skipped
+    (resume). An epoch has ``epoch_length // batch_size`` batches. A sample's augmentation seed comes
+    from (seed, pass, index), so the same image drawn twice in one epoch is augmented differently.
     """
 
     def __init__(self, length: int, batch_size: int, rank: int, world: int, seed: int, epoch: int = 0,
-                 start_batch: int = 0):
+                 start_batch: int = 0, epoch_length: int = 0):
         self.length, self.batch_size, self.rank, self.world = length, batch_size, rank, world
         self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
-        self.num_batches = max(1, length // batch_size)
+        self.epoch_length = max(epoch_length or length, batch_size)
+        self.num_batches = self.epoch_length // batch_size
+        # One pass per epoch (the remainder of a pass is dropped), or a continuous stream of passes.
+        self.first = epoch * (length if self.epoch_length == length and not epoch_length else
+                              self.num_batches * batch_size)
         self.per_rank = batch_size // world
 
     def __len__(self) -> int:
         return self.num_batches - self.start_batch
 
+    def _pass_order(self, n: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + n)
+        return torch.randperm(self.length, generator=g).tolist()
+
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        order = torch.randperm(self.length, generator=g)
-        if self.length < self.batch_size:
-            order = order.repeat(self.batch_size // self.length + 1)[: self.batch_size]
+        first = self.first  # position of this epoch's first sample in the stream
+        orders: dict[int, list[int]] = {}
         for b in range(self.start_batch, self.num_batches):
-            lo = b * self.batch_size + self.rank * self.per_rank
-            for_rank = order[lo: lo + self.per_rank].tolist()
-            yield [(i, (self.seed * 1000003 + self.epoch) * 10000019 + i) for i in for_rank]
+            lo = first + b * self.batch_size + self.rank * self.per_rank
+            batch = []
+            for q in range(lo, lo + self.per_rank):
+                n = q // self.length
+                if n not in orders:
+                    orders = {n: self._pass_order(n), **{k: v for k, v in orders.items() if k == n - 1}}
+                i = orders[n][q % self.length]
+                batch.append((i, (self.seed * 1000003 + n) * 10000019 + i))
+            yield batch
 
 
 class SeededSamples(torch.utils.data.Dataset):

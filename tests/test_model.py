@@ -1,0 +1,79 @@
+"""The network: backbone widths and the folding of frozen BatchNorm into convolutions."""
+
+import pytest
+import torch
+import torchvision
+from torchvision.ops import FrozenBatchNorm2d
+
+from fcoslab.config import load_config
+from fcoslab.errors import FcoslabError
+from fcoslab.model import Backbone, build_model
+
+
+def _randomise_frozen_bn(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            n = m.weight.numel()
+            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_folded_frozen_bn_equals_torchvision_resnet(name):
+    cfg = load_config("imprv_coco_1x", {"model.backbone": name}).model
+    torch.manual_seed(0)
+    ours = Backbone(cfg)
+    reference = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+    _randomise_frozen_bn(reference)
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    # the backbone keeps torchvision's key names below its stages, so its weights load unchanged
+    ours_state = ours.state_dict()
+    mapping = {"stem.0": "conv1", "stem.1": "bn1"}
+    for key in ours_state:
+        src = next((key.replace(a, b, 1) for a, b in mapping.items() if key.startswith(a + ".")), key)
+        ours_state[key] = state[src]
+    ours.load_state_dict(ours_state)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        c2 = reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(x)))))
+        c3 = reference.layer2(c2)
+        c4 = reference.layer3(c3)
+        c5 = reference.layer4(c4)
+        got = ours(x)
+    for a, b in zip(got, (c3, c4, c5)):  # float rounding only: errors far below the activations' scale
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_folded_frozen_bn_trains_the_convolution():
+    cfg = load_config("imprv_coco_1x", {"model.backbone": "resnet18", "model.freeze_at": 0}).model
+    net = Backbone(cfg)
+    _randomise_frozen_bn(net)
+    sum(f.sum() for f in net(torch.rand(1, 3, 64, 64))).backward()
+    conv, bn = net.layer2[0].conv1, net.layer2[0].bn1
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    assert not bn.weight.requires_grad and "layer2.0.bn1.running_var" in net.state_dict()
+
+
+def test_backbone_width_scales_every_stage():
+    cfg = load_config("shapes", {"model.backbone_width": 32})
+    model = build_model(cfg, 4)
+    assert model.backbone.out_channels == (64, 128, 256)
+    assert model.backbone.layer1[0].conv1.out_channels == 32 and model.backbone.layer4[0].conv2.out_channels == 256
+    out = model(torch.rand(2, 3, 128, 128))
+    assert out["cls_logits"].shape == (2, 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1, 4)
+    full = sum(p.numel() for p in build_model(load_config("shapes", {"model.backbone_width": 64}), 4).backbone.parameters())
+    assert sum(p.numel() for p in model.backbone.parameters()) < full / 3
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"model.backbone": "resnet50", "model.backbone_width": 32}, "resnet10/18/34"),
+    ({"model.backbone_width": 20}, "multiple of 8"),
+    ({"model.backbone_width": 32, "model.backbone_weights": "w.pth"}, "pretrained weights exist only for width 64"),
+])
+def test_backbone_width_errors_name_the_key(over, message):
+    with pytest.raises(FcoslabError, match="model.backbone_width") as err:
+        load_config("shapes", over)
+    assert message in str(err.value)
