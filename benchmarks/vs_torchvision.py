@@ -53,12 +53,12 @@ Differences that remain (from torchvision/models/detection/fcos.py, anchor_utils
   positives). torchvision matches points to boxes per image with dense (P, M) tensors, builds a one-hot
   (B, P, 91) class target and reads the positive count with ``.item()`` (a host sync on CUDA);
   fcoslab assigns the whole batch at once (``fcoslab.ops``: CuPy kernels on CUDA when available, the
-  torch reference otherwise) and takes integer labels. Regress ranges are the same ((0, 64), ...,
+  vectorised torch reference otherwise) and takes integer labels. Regress ranges are the same ((0, 64), ...,
   (512, inf)); torchvision's bounds are strict, fcoslab's inclusive.
 * post-processing: the same scores (sqrt(sigmoid(cls) * sigmoid(ctr))). torchvision loops over images
   and levels (threshold, then top 1000), one ``batched_nms`` per image; fcoslab takes the top 1000 per
   level for the whole batch, then the threshold, then one NMS over the batch (groups image x class),
-  with ``fcoslab.ops.batched_nms`` (CuPy on CUDA, a pure-torch reference on the CPU).
+  with ``fcoslab.ops.batched_nms`` (CuPy on CUDA, torchvision's compiled NMS on the CPU).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +80,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from fcoslab import ops
 from fcoslab.config import Config, load_config
 from fcoslab.datasets.transforms import pad_targets
-from fcoslab.decode import decode
-from fcoslab.inference import Precision, choose_precision, resolve_device
+from fcoslab.inference import (Precision, choose_precision, inference_layout, predict_batches, resolve_device,
+                               training_layout)
 from fcoslab.loss import fcos_loss
 from fcoslab.model import build_model
 from fcoslab.targets import fcos_targets
@@ -168,13 +168,16 @@ class Side:
     """One detector with its train and inference steps on a fixed batch."""
 
     def __init__(self, name: str, model: nn.Module, train_step: Callable[[], None],
-                 infer_step: Callable[[], list]):
+                 infer_step: Callable[[], list], prepare: Optional[Callable[[str], None]] = None):
         self.name, self.model, self.train_step, self.infer_step = name, model, train_step, infer_step
+        self.prepare = prepare
         self.times: dict[str, list[float]] = {"train": [], "infer": []}
         self.detections = 0.0  # mean detections per image of the last inference
 
     def run(self, phase: str, device: torch.device, record: bool) -> None:
         self.model.train(phase == "train")
+        if self.prepare is not None:
+            self.prepare(phase)
         sync(device)
         start = time.perf_counter()
         result = self.train_step() if phase == "train" else self.infer_step()
@@ -206,13 +209,15 @@ def fcoslab_side(args, device: torch.device, precision: Precision, images, boxes
         scaler.step(optimizer)
         scaler.update()
 
-    def infer_step() -> list:
-        with torch.no_grad():
-            with precision.autocast(device):
-                out = model(padded)
-            return decode(out, sizes, sizes, cfg.decode)
+    batch = {"images": padded, "image_sizes": sizes, "orig_sizes": sizes, "image_ids": list(range(len(images)))}
 
-    return Side("fcoslab", model, train_step, infer_step)
+    def infer_step() -> list:  # fcoslab's inference path: what evaluate, predict and the viewer run
+        return [det for _, det in predict_batches(model, [batch], cfg, device, precision)]
+
+    def prepare(phase: str) -> None:  # the layout of each phase (channels-last for inference on a CPU)
+        inference_layout(model, device) if phase == "infer" else training_layout(model)
+
+    return Side("fcoslab", model, train_step, infer_step, prepare)
 
 
 def torchvision_side(args, device: torch.device, precision: Precision, images, boxes, labels) -> Side:
@@ -284,7 +289,8 @@ def main() -> int:
           f"precision {precision.name} ({precision.reason}); score threshold {args.score_thresh}; "
           f"median of {args.iters} timed steps after {WARMUP} warm-up, the two models alternating")
     cupy = ops.backends()["cupy"]
-    print(f"fcoslab ops: {'CuPy kernels' if cupy == 'available' and device.type == 'cuda' else 'torch reference'}"
+    on_gpu = cupy == "available" and device.type == "cuda"
+    print(f"fcoslab ops: {'CuPy kernels' if on_gpu else 'torch reference (assignment, focal loss), torchvision NMS'}"
           + ("" if cupy == "available" else f" (cupy: {cupy})"))
     for side, classes in ((fl, FCOSLAB_CLASSES), (tv, TORCHVISION_CLASSES)):
         total, trainable = count_params(side.model)

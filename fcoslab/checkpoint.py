@@ -38,6 +38,16 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def describe_load_error(e: Exception) -> str:
+    """One line about why ``torch.load(..., weights_only=True)`` failed (torch's own text runs to a page)."""
+    text = str(e)
+    if "WeightsUnpickler error" in text:
+        detail = next((line.strip() for line in text.split("WeightsUnpickler error", 1)[1].splitlines()
+                       if line.strip(" :")), "")
+        return f"not a file that torch.load reads with weights_only=True ({detail.strip(' :')})"
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint file (or ``RUN_DIR/last.pt`` when given a run folder) with weights_only=True."""
     path = Path(path)
@@ -48,7 +58,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file raises one of several types
-        raise FcoslabError(f"cannot load checkpoint {path}: {e}") from None
+        raise FcoslabError(f"cannot load checkpoint {path}: {describe_load_error(e)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise FcoslabError(f"{path} is not an fcoslab checkpoint (no 'model' and 'config' entries)")
     return ckpt

@@ -17,6 +17,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from .checkpoint import describe_load_error
 from .config import Config, ModelConfig
 from .errors import FcoslabError
 
@@ -128,7 +129,7 @@ def load_backbone_weights(net: nn.Module, path: str) -> None:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise FcoslabError(f"cannot load backbone weights {p}: {e}") from None
+        raise FcoslabError(f"cannot load backbone weights {p}: {describe_load_error(e)}") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = net.load_state_dict(state, strict=False)

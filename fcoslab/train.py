@@ -22,7 +22,7 @@ from .config import Config, TrainConfig, config_from_dict, validate
 from .datasets import EpochBatchSampler, build_datasets, make_loader, pad_targets
 from .errors import FcoslabError
 from .evaluate import STAT_NAMES, evaluate_model
-from .inference import choose_precision, resolve_device
+from .inference import choose_precision, inference_layout, resolve_device, training_layout
 from .loss import fcos_loss
 from .model import build_model
 from .targets import fcos_targets
@@ -233,8 +233,11 @@ class Trainer:
         """COCO stats on the validation set, exactly as ``fcoslab evaluate`` computes them for the saved
         checkpoint; batches are shared out over processes and the results gathered on rank 0."""
         self.model.eval()
+        changed = inference_layout(self.model, self.device)
         evaluation = evaluate_model(self.model, self.val_set, self.cfg, self.device, self.precision,
                                     self.rank, self.world)
+        if changed:
+            training_layout(self.model)
         self.model.train()
         return evaluation.stats if evaluation is not None else {}
 
