@@ -81,7 +81,7 @@ def _cmd_predict(args) -> None:
     from .predict import Predictor, predict_files
 
     predictor = Predictor(args.checkpoint, device=args.device)
-    records = predict_files(predictor, args.inputs, args.out, args.score)
+    records = predict_files(predictor, args.inputs, args.out, args.score, one_class=args.one_class)
     n = sum(len(r["detections"]) for r in records)
     print(f"{n} detections in {len(records)} images; drawings and detections.json in {args.out}")
 
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--score", type=float, default=0.3, help="score threshold (default 0.3)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--one-class", action="store_true",
+                   help="keep only the best of overlapping boxes of different classes (class-agnostic NMS)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
     return parser

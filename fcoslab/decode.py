@@ -65,3 +65,20 @@ def decode(outputs: dict, image_sizes: Tensor, orig_sizes: Tensor, cfg: DecodeCo
         results.append({"boxes": boxes[sel] * torch.stack([sx, sy, sx, sy]), "scores": cand[sel],
                         "labels": labels[sel]})
     return results
+
+
+def one_class_per_object(det: dict[str, Tensor], iou_threshold: float = 0.6) -> dict[str, Tensor]:
+    """Detections of one image after a class-agnostic NMS: where boxes of any classes overlap by more
+    than ``iou_threshold``, only the highest-scored one stays.
+
+    For display (the viewer, drawn predictions): a model unsure of an object's class leaves one box per
+    class it hesitates over. COCO AP rewards those lower-scored hedges, so evaluation keeps them (on the
+    shapes demo this suppression cost about 0.005 AP and 0.01 AP50; README).
+
+    Args:
+        det: ``boxes`` float (N, 4) xyxy, ``scores`` (N,), ``labels`` int64 (N,), as :func:`decode` returns.
+    Returns:
+        the same keys, the kept detections in decreasing score order.
+    """
+    keep = ops.nms(det["boxes"].float(), det["scores"].float(), iou_threshold)
+    return {k: v[keep] for k, v in det.items()}

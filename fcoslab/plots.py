@@ -17,6 +17,7 @@ import torch
 
 from .config import Config
 from .datasets import CocoDetection, check_coco_dict
+from .decode import one_class_per_object
 from .model import make_points
 from .predict import PALETTE
 from .targets import fcos_targets
@@ -266,12 +267,16 @@ def plot_pr_curves(evaluator, names: Sequence[str], iou: float = 0.5):
     return fig
 
 
-def show_predictions(predictor, dataset: CocoDetection, n: int = 8, cols: int = 4, score: float = 0.3):
-    """Predictions (solid, with scores) over ground truth (dashed) for the first ``n`` images."""
+def show_predictions(predictor, dataset: CocoDetection, n: int = 8, cols: int = 4, score: float = 0.3,
+                     one_class: bool = True):
+    """Predictions (solid, with scores) over ground truth (dashed) for the first ``n`` images; with
+    ``one_class``, only the best of overlapping boxes of different classes is drawn."""
     rows = max(1, (n + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
     images = [dataset.load_image(i) for i in range(min(n, len(dataset)))]
     for ax, image, i, det in zip(axes.flat, images, range(n), predictor(images)):
+        if one_class:
+            det = one_class_per_object(det, predictor.cfg.decode.nms_thresh)
         ax.imshow(image)
         boxes, labels = dataset.targets[dataset.images[i]["id"]]
         draw_boxes(ax, boxes, labels, dataset.index.names, dashed=True)

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from .checkpoint import write_json
 from .datasets import read_image
 from .datasets.coco import to_rgb
+from .decode import one_class_per_object
 from .errors import FcoslabError
 from .inference import Predictor
 
@@ -59,15 +60,18 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path,
-                  score_thresh: float = 0.3) -> list[dict]:
+                  score_thresh: float = 0.3, one_class: bool = False) -> list[dict]:
     """Predict on image files (EXIF orientation applied), write ``OUT/NAME.png`` with the boxes drawn and
-    ``OUT/detections.json``. Returns the records written to the json."""
+    ``OUT/detections.json``. ``one_class`` keeps only the best of overlapping boxes of different classes
+    (:func:`fcoslab.decode.one_class_per_object`). Returns the records written to the json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for path in list_images(inputs):
         image = read_image(path, exif_transpose=True)
         det = predictor([image])[0]
+        if one_class:
+            det = one_class_per_object(det, predictor.cfg.decode.nms_thresh)
         keep = det["scores"] >= score_thresh
         det = {k: v[keep] for k, v in det.items()}
         draw_detections(image, det, predictor.class_names).save(out / f"{path.stem}.png")

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from .boxes import box_iou
 from .datasets import CocoDetection, read_image
+from .decode import one_class_per_object
 from .predict import Predictor
 
 TP, FP, MISSED = (40, 200, 40), (230, 30, 30), (255, 150, 0)
@@ -63,16 +64,17 @@ class PredictionViewer:
         self.score = W.FloatSlider(value=score, min=0.0, max=1.0, step=0.01, description="score ≥")
         self.classes = W.SelectMultiple(options=list(self.names), value=tuple(self.names), description="classes", rows=4)
         self.show_gt = W.Checkbox(value=True, description="ground truth (TP green, FP red, missed orange)")
+        self.one_class = W.Checkbox(value=True, description="one class per object (class-agnostic NMS)")
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="your image")
         self.image = W.Image(format="png")
         self.table = W.HTML()
         self.prev_button.on_click(lambda _: self._step(-1))
         self.next_button.on_click(lambda _: self._step(+1))
-        for w in (self.index, self.score, self.classes, self.show_gt):
+        for w in (self.index, self.score, self.classes, self.show_gt, self.one_class):
             w.observe(lambda _change: self.update(), names="value")
         self.upload.observe(self._on_upload, names="value")
         controls = W.VBox([W.HBox([self.prev_button, self.next_button, self.index]), self.score, self.classes,
-                           self.show_gt, self.upload])
+                           self.show_gt, self.one_class, self.upload])
         self.widget = W.HBox([W.VBox([self.image]), W.VBox([controls, self.table])])
         self.update()
 
@@ -97,10 +99,14 @@ class PredictionViewer:
         return self._cache[i]
 
     # ------------------------------------------------------------------ drawing
-    def render(self, i: int, score: float, classes: Sequence[str], show_gt: bool) -> tuple[bytes, list[dict]]:
-        """PNG bytes of image ``i`` with what the controls select, and the rows of the detection table."""
+    def render(self, i: int, score: float, classes: Sequence[str], show_gt: bool,
+               one_class: bool = False) -> tuple[bytes, list[dict]]:
+        """PNG bytes of image ``i`` with what the controls select, and the rows of the detection table.
+        ``one_class`` keeps only the best of overlapping boxes of different classes."""
         image, gt = self._source(i)
         det = self.prediction(i)
+        if one_class:
+            det = one_class_per_object(det, self.predictor.cfg.decode.nms_thresh)
         wanted = torch.tensor([self.names[int(l)] in classes for l in det["labels"]], dtype=torch.bool)
         keep = (det["scores"] >= score) & wanted
         shown = {k: v[keep] for k, v in det.items()}
@@ -134,7 +140,8 @@ class PredictionViewer:
         if self.index.value >= self._n_dataset + len(self._uploads):
             self.table.value = "no images yet: upload one"
             return
-        png, rows = self.render(self.index.value, self.score.value, self.classes.value, self.show_gt.value)
+        png, rows = self.render(self.index.value, self.score.value, self.classes.value, self.show_gt.value,
+                                self.one_class.value)
         self.image.value = png
         name = self._name(self.index.value)
         cells = "".join(f"<tr><td>{r['class']}</td><td>{'' if r['score'] is None else r['score']}</td>"

@@ -73,3 +73,31 @@ def test_uploaded_image_is_predicted(viewer):
     index = viewer.add_image(Image.new("RGB", (90, 60), (10, 200, 10)), "mine.png")
     assert index == n + 1 and viewer.index.value == index
     assert "mine.png" in viewer.table.value and "missed" not in viewer.table.value
+
+
+def test_one_class_per_object_hand_case():
+    from fcoslab.decode import one_class_per_object
+
+    det = {"boxes": torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10.5], [50, 50, 60, 60.0], [1, 1, 10, 10]]),
+           "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]), "labels": torch.tensor([0, 1, 1, 2])}
+    kept = one_class_per_object(det, 0.6)
+    assert kept["scores"].tolist() == pytest.approx([0.9, 0.7]) and kept["labels"].tolist() == [0, 1]
+    assert one_class_per_object({k: v[:0] for k, v in det.items()}, 0.6)["boxes"].shape == (0, 4)
+
+
+def test_one_class_checkbox_removes_overlapping_classes(viewer):
+    from fcoslab.boxes import box_iou
+
+    viewer.score.value = 0.0
+    viewer.show_gt.value = False
+    counts = {}
+    for one_class in (False, True):
+        viewer.one_class.value = one_class
+        _, rows = viewer.render(viewer.index.value, 0.0, viewer.names, False, one_class)
+        counts[one_class] = len(rows)
+        if one_class:
+            boxes = torch.tensor([r["box"] for r in rows]).reshape(-1, 4)
+            iou = box_iou(boxes, boxes).nan_to_num(0.0).fill_diagonal_(0)  # nan: zero-area boxes
+            assert iou.max() <= viewer.predictor.cfg.decode.nms_thresh + 1e-2, iou.max()
+    assert counts[True] < counts[False]  # the barely trained model hedges between classes
+    viewer.show_gt.value = True
