@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= outputs
 
-.PHONY: env demo test test-gpu lab bench clean
+.PHONY: env demo figures test test-gpu lab bench clean
 
 env: $(VENV)/.installed
 
@@ -22,9 +22,14 @@ $(VENV)/.installed: pyproject.toml
 demo: env
 	$(BIN)/fcoslab train --config shapes --out runs/shapes --force
 	$(BIN)/fcoslab evaluate runs/shapes
-	$(BIN)/fcoslab predict runs/shapes data/shapes/val --out $(OUT)/predictions
+	$(BIN)/fcoslab predict runs/shapes data/shapes/val --score 0.5 --one-class --out $(OUT)/predictions
 	@if [ -d notebooks ] && ls notebooks/*.ipynb >/dev/null 2>&1; then \
 		$(BIN)/python -m fcoslab.notebooks run --out $(OUT)/notebooks --run runs/shapes; fi
+
+# The README's figures from the demo's trained run (after make demo); the viewer screenshot needs chromium.
+figures: env
+	$(BIN)/python -m fcoslab.notebooks figures --executed $(OUT)/notebooks --out docs/figures
+	$(BIN)/python -m fcoslab.browser runs/shapes --score 0.5 --out docs/figures/viewer_jupyterlab.jpg
 
 test: env
 	$(BIN)/python -m pytest -q

@@ -81,6 +81,7 @@ def open_viewer(page, url: str, token: str, failure_shot: Optional[Path] = None,
     page.goto(f"{url}/lab/tree/{NOTEBOOK}?token={token}")
     page.wait_for_selector(".jp-Notebook", timeout=90_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-mod-idle", timeout=90_000)
+    page.add_style_tag(content=".Toastify { display: none !important; }")  # e.g. "get notified about news?"
     image = page.locator(".widget-image").first
     accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
 

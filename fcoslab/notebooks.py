@@ -1,6 +1,7 @@
 """Support for the numbered notebooks: running them headlessly, and live training output.
 
     python -m fcoslab.notebooks run --out outputs/notebooks [--run runs/shapes] [--only 01 02]
+    python -m fcoslab.notebooks figures [--executed outputs/notebooks] [--out docs/figures]
 
 executes ``notebooks/0*.ipynb`` in order with nbclient (cwd = the project root), each with its
 ``parameters`` cell followed by an injected cell of overrides (papermill style), and writes the
@@ -21,9 +22,11 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 
 
 def use_project_root() -> Path:
-    """Make the project root the working directory (JupyterLab starts notebooks in notebooks/)."""
+    """Make the project root the working directory, where the presets' relative data paths point
+    (JupyterLab starts notebooks in notebooks/): the first folder above the working directory that
+    holds the project, else the project this fcoslab was imported from."""
     here = Path.cwd()
-    for candidate in (here, *here.parents):
+    for candidate in (here, *here.parents, ROOT):
         if (candidate / "pyproject.toml").exists() and (candidate / "fcoslab").is_dir():
             os.chdir(candidate)
             return candidate
@@ -116,6 +119,28 @@ def train_live(cfg, out: str, resume: bool = False):
     return history
 
 
+# README figure <- the executed notebooks' figure (notebook, index of its figure in output order)
+README_FIGURES = {"samples.jpg": ("01", 0), "dataset_stats.png": ("01", 1), "assignment.png": ("02", 0),
+                  "target_maps_p3.png": ("02", 3), "map_curves.png": ("04", 0), "predictions.jpg": ("05", 0)}
+
+
+def export_figures(executed: Path, out: Path) -> list[Path]:
+    """Copy the README's figures out of ``executed/figures`` (what ``run`` wrote) into ``out``."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (number, index) in README_FIGURES.items():
+        source = next((executed / "figures").glob(f"{number}_*_{index}.png"), None)
+        if source is None:
+            raise FileNotFoundError(f"no figure {index} of notebook {number} in {executed / 'figures'}: "
+                                    "run `python -m fcoslab.notebooks run` (or make demo) first")
+        image = Image.open(source)
+        image.convert("RGB").save(out / name, quality=90) if name.endswith(".jpg") else image.save(out / name)
+        written.append(out / name)
+    return written
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fcoslab.notebooks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,7 +149,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--run", help="an existing run folder for notebooks 04 and 05 (skips training in 03)")
     run.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 02")
     run.add_argument("--timeout", type=int, default=1200)
+    figures = sub.add_parser("figures", help="copy the README's figures out of executed notebooks")
+    figures.add_argument("--executed", default="outputs/notebooks", help="the --out of `run`")
+    figures.add_argument("--out", default="docs/figures")
     args = parser.parse_args(argv)
+    if args.command == "figures":
+        for path in export_figures(Path(args.executed), Path(args.out)):
+            print(f"wrote {path}")
+        return 0
     params: dict[str, dict] = {}
     if args.run:
         params = {"03": {"RUN_DIR": args.run, "RESUME_IF_PRESENT": True}, "04": {"RUNS": [args.run]},
