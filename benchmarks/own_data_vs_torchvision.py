@@ -199,8 +199,29 @@ class TensorSet:
         return len(self.cat_ids)
 
 
-def torchvision_fcos(num_classes: int, image_size: int) -> FCOS:
-    """ResNet-18-FPN P3-P7 FCOS from random weights, trainable BatchNorm, torchvision's defaults otherwise."""
+def torchvision_fcos(num_classes: int, image_size: int, kind: str = "r18") -> FCOS:
+    """torchvision's FCOS from random weights with trainable BatchNorm.
+
+    ``r18``: ResNet-18-FPN P3-P7 with 256 channels and 4-conv heads at ``image_size``, torchvision's
+    defaults otherwise. ``matched``: the network of fcoslab's shapes preset in torchvision's FCOS class
+    (torchvision's ResNet class with one BasicBlock per stage at width 32, FPN and P6/P7 of 64 channels,
+    2-conv GroupNorm heads) at the preset's 128 px, so that only the two libraries' training and
+    post-processing differ."""
+    if kind == "matched":
+        from torchvision.models.detection.backbone_utils import BackboneWithFPN
+        from torchvision.models.detection.fcos import FCOSHead
+
+        from fcoslab.config import load_config
+        from fcoslab.model import _resnet
+
+        cfg = load_config("shapes")
+        width, channels, size = cfg.model.backbone_width, cfg.model.fpn_channels, cfg.data.max_size
+        body = _resnet(cfg.model.backbone, None, nn.BatchNorm2d, width)
+        backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"},
+                                   [2 * width, 4 * width, 8 * width], channels,
+                                   extra_blocks=LastLevelP6P7(channels, channels), norm_layer=None)
+        head = FCOSHead(channels, 1, num_classes + 1, num_convs=cfg.model.head_convs)
+        return FCOS(backbone, num_classes=num_classes + 1, min_size=size, max_size=size, head=head)
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d,
                                    trainable_layers=5, returned_layers=[2, 3, 4],
                                    extra_blocks=LastLevelP6P7(256, 256))
@@ -230,11 +251,11 @@ def lr_factor(step: int, elapsed: float, budget: float, decay: str) -> float:
 
 
 def run_torchvision(train_set: TensorSet, val_set: TensorSet, image_size: int, budget: float,
-                    optimizer_name: str, decay: str) -> dict:
+                    optimizer_name: str, decay: str, kind: str = "r18") -> dict:
     """Train for ``budget`` seconds (checked after every step), then one COCO evaluation on ``val_set``."""
     torch.manual_seed(SEED)
     rng = random.Random(SEED)
-    model = torchvision_fcos(train_set.num_classes, image_size)
+    model = torchvision_fcos(train_set.num_classes, image_size, kind)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = TV_OPTIMIZERS[optimizer_name][1](params)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -317,6 +338,8 @@ def main() -> int:
                         help="torchvision's optimiser (default adamw)")
     parser.add_argument("--tv-decay", choices=("step", "none"), default="step",
                         help=f"torchvision's lr decay: x0.1 after {TV_DECAY_AT:.0%} of T (default) or none")
+    parser.add_argument("--tv-model", choices=("r18", "matched"), default="r18",
+                        help="torchvision's network: ResNet-18-FPN (default) or the preset's own network")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.train < 1 or args.val < 1 or args.image_size < 32:
@@ -337,7 +360,8 @@ def main() -> int:
     val_set = TensorSet(paths["val_ann"], paths["val_images"])
     print(f"torchvision: {len(train_set)} + {len(val_set)} images loaded in {time.perf_counter() - started:.1f} s "
           f"(not counted); training for {fl['seconds']:.1f} s", flush=True)
-    tv = run_torchvision(train_set, val_set, args.image_size, fl["seconds"], args.tv_optimizer, args.tv_decay)
+    tv = run_torchvision(train_set, val_set, args.image_size, fl["seconds"], args.tv_optimizer, args.tv_decay,
+                         args.tv_model)
 
     env = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
     machine = {"cpu": cpu_model(), "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -358,13 +382,14 @@ def main() -> int:
           + (f" + {' '.join(args.fcoslab_set)}" if args.fcoslab_set else "")
           + f"; {fl['epochs']} epochs, {fl['steps']} steps of {fl['batch_size']}; seconds = the whole train() call "
           "(set-up, training, per-epoch evaluation)")
-    print(f"torchvision: FCOS ResNet-18-FPN P3-P7 from scratch, trainable BatchNorm, {tv['parameters']:,} parameters; "
+    tv_name = {"r18": "ResNet-18-FPN P3-P7", "matched": "the preset's network (ResNet-10 width 32, FPN 64, 2-conv heads, 128 px)"}[args.tv_model]
+    print(f"torchvision: FCOS {tv_name} from scratch, trainable BatchNorm, {tv['parameters']:,} parameters; "
           f"{tv['optimizer']}; batch {TV_BATCH}, hflip 0.5; {tv['steps']} steps ({tv['images_seen']} images, "
           f"{tv['epochs']} epochs, the last one possibly partial); seconds = training only "
           f"(its evaluation took {tv['eval_seconds']:.1f} s more); eval score threshold {TV_EVAL_SCORE_THRESH}")
     print()
     print("| method | train seconds | AP | AP50 | AP75 |\n|---|---:|---:|---:|---:|")
-    for name, side in (("fcoslab (shapes preset)", fl), ("torchvision FCOS R18-FPN", tv)):
+    for name, side in (("fcoslab (shapes preset)", fl), (f"torchvision FCOS {'R18-FPN' if args.tv_model == 'r18' else 'same network'}", tv)):
         s = side["stats"]
         print(f"| {name} | {side['seconds']:.1f} | {s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} |")
     print(f"| **fcoslab / torchvision** | | **{fmt_ratio(ratios['AP'])}** | {fmt_ratio(ratios['AP50'])} "
