@@ -88,7 +88,7 @@ def bench_focal(repeat: int, gen) -> dict:
 
 
 def bench_assign(repeat: int, gen) -> dict:
-    from fcoslab.model import make_points
+    from fcoslab.points import make_points
     from fcoslab.targets import point_regress_ranges
 
     sizes = [((800 + s - 1) // s, (1344 + s - 1) // s) for s in (8, 16, 32, 64, 128)]

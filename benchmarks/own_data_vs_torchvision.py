@@ -61,7 +61,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
 import sys
@@ -84,6 +83,7 @@ from fcoslab.datasets import make_shapes, read_coco_json
 from fcoslab.datasets.shapes import generator_key
 from fcoslab.evaluate import STAT_NAMES, coco_evaluate
 from fcoslab.train import train
+from fcoslab.inference import cpu_name
 
 SEED = 0
 TV_BATCH = 16
@@ -99,18 +99,6 @@ TV_OPTIMIZERS = {  # name -> (description, factory)
     "sgd": ("SGD lr 0.01, momentum 0.9, weight decay 1e-4",
             lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)),
 }
-
-
-def cpu_model() -> str:
-    """The 'model name' line of /proc/cpuinfo, else whatever platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 # --------------------------------------------------------------------------------------------- dataset
@@ -364,7 +352,7 @@ def main() -> int:
                          args.tv_model)
 
     env = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
-    machine = {"cpu": cpu_model(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+    machine = {"cpu": cpu_name(), "torch": torch.__version__, "torchvision": torchvision.__version__,
                "fcoslab": fcoslab.__version__, "threads": torch.get_num_threads(),
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "env": env}
     ratios = {k: ratio(fl["stats"][k], tv["stats"][k]) for k in ("AP", "AP50", "AP75")}

@@ -15,9 +15,8 @@ import torch
 
 from fcoslab.config import list_presets, load_config
 from fcoslab.datasets import resized_shape
-from fcoslab.loss import fcos_loss
+from fcoslab.loss import FCOSCriterion
 from fcoslab.model import build_model
-from fcoslab.targets import fcos_targets
 from fcoslab.inference import choose_precision, resolve_device
 from fcoslab.train import make_optimizer
 
@@ -34,18 +33,19 @@ def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dic
     model = build_model(cfg, 80 if "coco" in name else 4).to(device)
     precision = choose_precision(cfg.train.amp, device)
     ctx = lambda: precision.autocast(device)  # noqa: E731
-    images = torch.rand(batch, 3, -(-h // 128) * 128, -(-w // 128) * 128, device=device)
+    d = cfg.model.size_divisibility
+    images = torch.rand(batch, 3, -(-h // d) * d, -(-w // d) * d, device=device)
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(batch, 10, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
     boxes = torch.cat([xy, xy + torch.rand(batch, 10, 2, generator=g) * h * 0.3 + 4], -1).to(device)
     labels = torch.randint(0, model.num_classes, (batch, 10), generator=g).to(device)
     optimizer = make_optimizer(model, cfg.train)
+    criterion = FCOSCriterion(cfg.assign, cfg.loss)
 
     def train_step():
         with ctx():
             out = model(images)
-        t = fcos_targets(out["points"], out["strides"], out["level_sizes"], boxes, labels, cfg.assign)
-        loss = fcos_loss(out, t, cfg.loss)["loss"]
+        loss = criterion(out, boxes, labels)[0]["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

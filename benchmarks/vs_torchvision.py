@@ -10,7 +10,7 @@ default ``trainable_backbone_layers=3`` for a pretrained backbone), all weights 
 downloaded). Timed:
 
 * train: forward, loss, backward and one SGD step (lr 0.001, momentum 0.9, no weight decay, the same
-  optimizer type for both). fcoslab: ``model(images)`` -> ``fcos_targets`` -> ``fcos_loss``;
+  optimizer type for both). fcoslab: ``FCOSCriterion(...)(model(images), gt_boxes, gt_labels)``;
   torchvision: ``sum(model(images_list, targets).values())``.
 * inference: forward and post-processing to at most 100 detections per image (score threshold
   ``--score-thresh``, 1000 candidates per level, NMS at IoU 0.6). fcoslab: ``decode(model(images), ...)``;
@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -80,11 +79,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from fcoslab import ops
 from fcoslab.config import Config, load_config
 from fcoslab.datasets.transforms import pad_targets
-from fcoslab.inference import (Precision, choose_precision, inference_layout, predict_batches, resolve_device,
-                               training_layout)
-from fcoslab.loss import fcos_loss
+from fcoslab.inference import (Precision, choose_precision, cpu_name, inference_layout, predict_batches,
+                               resolve_device, training_layout)
+from fcoslab.loss import FCOSCriterion
 from fcoslab.model import build_model
-from fcoslab.targets import fcos_targets
 
 SEED = 0
 WARMUP = 2
@@ -96,18 +94,6 @@ TORCHVISION_CLASSES = 91
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_model() -> str:
-    """The 'model name' line of /proc/cpuinfo, else whatever platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def fcoslab_config(score_thresh: float) -> Config:
@@ -197,13 +183,13 @@ def fcoslab_side(args, device: torch.device, precision: Precision, images, boxes
     h, w = images.shape[-2:]
     padded = F.pad(images, (0, -w % 128, 0, -h % 128))  # fcoslab needs a multiple of 128 (its loader pads)
     gt_boxes, gt_labels = pad_targets(boxes, labels)
+    criterion = FCOSCriterion(cfg.assign, cfg.loss)
     sizes = torch.tensor([[h, w]] * len(images), dtype=torch.int64, device=device)
 
     def train_step() -> None:
         with precision.autocast(device):
             out = model(padded)
-        targets = fcos_targets(out["points"], out["strides"], out["level_sizes"], gt_boxes, gt_labels, cfg.assign)
-        loss = fcos_loss(out, targets, cfg.loss)["loss"]
+        loss = criterion(out, gt_boxes, gt_labels)[0]["loss"]
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -282,7 +268,7 @@ def main() -> int:
     fl, tv = sides
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     env = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ]
-    print(f"device: {device} ({device_name}); CPU: {cpu_model()}; torch {torch.__version__}, torchvision "
+    print(f"device: {device} ({device_name}); CPU: {cpu_name()}; torch {torch.__version__}, torchvision "
           f"{torchvision.__version__}; {torch.get_num_threads()} threads; CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}" + (f"; {', '.join(env)}" if env else ""))
     print(f"input: {args.batch} x 3 x {args.size} x {args.size} random images, {BOXES_PER_IMAGE} random boxes each; "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import PRESET_DIR, list_presets, load_config, parse_overrides
 from .errors import FcoslabError
+from .runfolder import RunFolder
 
 
 def _cmd_presets(args) -> None:
@@ -30,14 +31,12 @@ def _cmd_make_shapes(args) -> None:
 
 
 def _cmd_check_data(args) -> None:
-    from .datasets import CocoDetection
+    from .analysis import data_report
 
-    ds = CocoDetection(args.ann, args.images)
-    n_boxes = sum(len(b) for b, _ in ds.targets.values())
-    empty = sum(1 for b, _ in ds.targets.values() if len(b) == 0)
-    r = ds.box_report
-    print(f"{args.ann}: {len(ds)} images ({empty} without objects), {n_boxes} boxes, {ds.index.num_classes} classes; "
-          f"clipped {r['clipped']}, dropped {r['dropped']} degenerate, skipped {r['crowd']} crowd")
+    summary, problems = data_report(args.ann, args.images)
+    print(summary)
+    for problem in problems:
+        print(f"  - {problem}")
 
 
 def _cmd_train(args) -> None:
@@ -54,8 +53,8 @@ def _cmd_train(args) -> None:
     else:
         if args.out is None:
             raise FcoslabError("train needs --out RUN_DIR (or --resume RUN_DIR)")
-        if (Path(args.out) / "last.pt").exists() and not args.force:
-            raise FcoslabError(f"{args.out} already holds a run (last.pt); use --resume {args.out} to continue it, "
+        if RunFolder(args.out).has_checkpoint() and not args.force:
+            raise FcoslabError(f"{args.out} already holds a run ({RunFolder.CHECKPOINT}); use --resume {args.out} to continue it, "
                                "--force to start over, or another --out")
         cfg = load_config(args.config or "shapes", args.set)
         history = train(cfg, args.out, progress=not args.quiet)

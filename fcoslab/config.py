@@ -61,6 +61,11 @@ class ModelConfig:
     prior_prob: float = 0.01
     channels_last: bool = False
 
+    @property
+    def size_divisibility(self) -> int:
+        """Inputs are padded to a multiple of the largest stride, so that each level halves the one below."""
+        return max(self.strides)
+
 
 @dataclass(frozen=True)
 class AssignConfig:

@@ -130,7 +130,7 @@ def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, 
     the run's precision rule and evaluation batch size: on the run's validation set and the same kind of
     device, the numbers equal those in its ``history.json``. Writes the results json when ``results_out``.
     """
-    from .checkpoint import write_json
+    from .files import write_json
     from .datasets import CocoDetection, build_transforms
 
     predictor = Predictor(checkpoint, device=device)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import load_checkpoint
+from .runfolder import load_checkpoint
 from .config import config_from_dict
 from .datasets import build_transforms
 from .datasets.coco import make_sample, to_rgb
@@ -38,16 +38,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _cpu_flags() -> Optional[set[str]]:
-    """The x86 feature flags of /proc/cpuinfo, or None where they cannot be read."""
+def _cpuinfo(field: str) -> Optional[str]:
+    """The first ``field`` line of /proc/cpuinfo, or None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
+
+
+def _cpu_flags() -> Optional[set[str]]:
+    """The x86 feature flags of /proc/cpuinfo, or None where they cannot be read."""
+    flags = _cpuinfo("flags")
+    return None if flags is None else set(flags.split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for benchmark reports)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def native_cpu_bf16() -> tuple[bool, str]:
@@ -162,8 +173,7 @@ class Predictor:
         self.cfg = config_from_dict(ckpt["config"])
         self.device = resolve_device(device)
         self.precision = choose_precision(self.cfg.train.amp, self.device)
-        self.model = build_model(self.cfg.replace(**{"model.backbone_weights": "", "model.torchvision_weights": False}),
-                                 ckpt["num_classes"])
+        self.model = build_model(self.cfg, ckpt["num_classes"])
         self.model.load_state_dict(ckpt["model"])
         self.model.to(self.device).eval()
         inference_layout(self.model, self.device)
@@ -181,7 +191,6 @@ class Predictor:
         image as given, ``scores`` (N,), ``labels`` int64 (N,). ``batch_size`` defaults to the run's
         ``train.eval_batch_size``."""
         size = batch_size or self.cfg.train.eval_batch_size
-        stride = max(self.cfg.model.strides)
-        batches = (collate([self._prepare(im) for im in images[start:start + size]], stride)
+        batches = (collate([self._prepare(im) for im in images[start:start + size]], self.cfg.model.size_divisibility)
                    for start in range(0, len(images), size))
         return [det for _, det in predict_batches(self.model, batches, self.cfg, self.device, self.precision)]

@@ -10,11 +10,12 @@ from torch import Tensor
 
 from . import ops
 from .boxes import ltrb_iou
-from .config import LossConfig
+from .config import AssignConfig, LossConfig
+from .targets import fcos_targets
 
 
 def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
-              all_reduce: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, Tensor]:
+              all_reduce: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Loss of one batch, each part normalised by the number of positive points (at least 1).
 
     Args:
@@ -24,8 +25,8 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
         all_reduce: sums a tensor over processes under distributed training, so that every rank
             normalises by the global count of positives (None: single process).
     Returns:
-        dict with ``loss`` (the total to backpropagate), ``cls``, ``box`` and ``centerness`` scalars,
-        and ``num_pos`` (float, over all processes).
+        (terms, stats): ``terms`` has ``loss`` (the total to backpropagate) and the detached ``cls``,
+        ``box`` and ``centerness`` scalars; ``stats`` has ``num_pos`` (float, the mean over processes).
     """
     logits, ltrb_pred, ctr_pred = outputs["cls_logits"], outputs["bbox_ltrb"], outputs["centerness"]
     labels, ltrb_t, ctr_t = targets["labels"], targets["ltrb"], targets["centerness"]
@@ -52,4 +53,25 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
         parts["box"] = per_box.sum() / num_pos
         parts["centerness"] = torch.zeros((), device=logits.device)
     total = parts["cls"] + cfg.box_weight * parts["box"] + parts["centerness"]
-    return {"loss": total, **{k: v.detach() for k, v in parts.items()}, "num_pos": num_pos.detach()}
+    return {"loss": total, **{k: v.detach() for k, v in parts.items()}}, {"num_pos": num_pos.detach()}
+
+
+class FCOSCriterion:
+    """The one wiring of outputs -> targets -> loss: ``criterion(outputs, gt_boxes, gt_labels)``.
+
+    Args (of the call):
+        outputs: the model's output dict.
+        gt_boxes (Tensor[B, M, 4]): float xyxy pixels, padded; gt_labels (Tensor[B, M]): int64, -1 = padding
+            (as :func:`fcoslab.datasets.collate` returns them).
+    Returns:
+        (terms, stats) as :func:`fcos_loss`.
+    """
+
+    def __init__(self, assign: AssignConfig, loss: LossConfig,
+                 all_reduce: Optional[Callable[[Tensor], Tensor]] = None):
+        self.assign, self.loss, self.all_reduce = assign, loss, all_reduce
+
+    def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        targets = fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
+                               self.assign)
+        return fcos_loss(outputs, targets, self.loss, self.all_reduce)

@@ -17,9 +17,10 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from .checkpoint import describe_load_error
+from .files import describe_load_error
 from .config import Config, ModelConfig
 from .errors import FcoslabError
+from .points import make_points
 
 log = logging.getLogger("fcoslab")
 
@@ -97,14 +98,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
-        weights = None
-        if cfg.torchvision_weights:
-            if cfg.backbone == "resnet10":
-                raise FcoslabError("config key 'model.torchvision_weights': resnet10 has no pretrained weights")
-            weights = torchvision.models.get_model_weights(cfg.backbone).DEFAULT
-        net = _resnet(cfg.backbone, weights, norm, cfg.backbone_width)
-        if cfg.backbone_weights:
-            load_backbone_weights(net, cfg.backbone_weights)
+        net = _resnet(cfg.backbone, None, norm, cfg.backbone_width)
         if cfg.frozen_bn:
             fold_frozen_bn(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -112,6 +106,27 @@ class Backbone(nn.Module):
         self.out_channels = backbone_channels(cfg.backbone, cfg.backbone_width)
         for stage in [self.stem, self.layer1, self.layer2, self.layer3, self.layer4][: cfg.freeze_at]:
             stage.requires_grad_(False)
+
+    def load_torchvision_state(self, state: dict[str, Tensor], source: str) -> None:
+        """Load an ImageNet state_dict with torchvision's ResNet key names (``conv1.``, ``bn1.``,
+        ``layerN.``; a ``fc.`` head and a ``module.`` prefix are ignored)."""
+        renamed = {}
+        for key, value in state.items():
+            key = key.removeprefix("module.")
+            if key.startswith("fc."):
+                continue
+            for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
+                if key.startswith(old):
+                    key = new + key[len(old):]
+            renamed[key] = value
+        try:
+            missing, unexpected = self.load_state_dict(renamed, strict=False)
+        except RuntimeError as e:  # tensors of other shapes
+            detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+            raise FcoslabError(f"backbone weights {source} do not fit the backbone: {detail}") from None
+        if missing or unexpected:
+            raise FcoslabError(f"backbone weights {source} do not fit the backbone: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
 
     def forward(self, x: Tensor) -> list[Tensor]:
         c2 = self.layer1(self.stem(x))
@@ -121,22 +136,25 @@ class Backbone(nn.Module):
         return [c3, c4, c5]
 
 
-def load_backbone_weights(net: nn.Module, path: str) -> None:
-    """Load a local ImageNet state_dict (torchvision's key names; a ``fc.`` head is ignored)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FcoslabError(f"config key 'model.backbone_weights': file {p} does not exist")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise FcoslabError(f"cannot load backbone weights {p}: {describe_load_error(e)}") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise FcoslabError(f"backbone weights {p} do not fit the backbone: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+def load_pretrained_backbone(model: "FCOS", cfg: ModelConfig) -> None:
+    """Load the backbone's ImageNet weights named by the config into a built model: a local
+    ``model.backbone_weights`` state_dict file, or ``model.torchvision_weights`` (torchvision's weight enum,
+    from its cache or the network). Training calls this once; a checkpoint's weights replace it anyway."""
+    if cfg.backbone_weights:
+        p = Path(cfg.backbone_weights)
+        if not p.is_file():
+            raise FcoslabError(f"config key 'model.backbone_weights': file {p} does not exist")
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for a file that is not a checkpoint
+            raise FcoslabError(f"cannot load backbone weights {p}: {describe_load_error(e)}") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        model.backbone.load_torchvision_state(state, str(p))
+    elif cfg.torchvision_weights:
+        if cfg.backbone == "resnet10":
+            raise FcoslabError("config key 'model.torchvision_weights': resnet10 has no pretrained weights")
+        weights = torchvision.models.get_model_weights(cfg.backbone).DEFAULT
+        model.backbone.load_torchvision_state(weights.get_state_dict(progress=False), f"torchvision {weights}")
 
 
 class FPN(nn.Module):
@@ -223,23 +241,6 @@ class Head(nn.Module):
         ltrb_all = torch.cat(ltrb, dim=2).transpose(1, 2)  # (B, P, 4)
         ctr_all = torch.cat(ctr, dim=2)[:, 0] if ctr else None  # (B, P)
         return logits_all, ltrb_all, ctr_all
-
-
-def make_points(sizes: list[tuple[int, int]], strides: tuple[int, ...], offset: float,
-                device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """Point locations of every level, level after level, row-major within a level.
-
-    Returns:
-        points float (P, 2) xy pixels at ``(i + offset) * stride``; strides float (P,).
-    """
-    points, point_strides = [], []
-    for (h, w), s in zip(sizes, strides):
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + offset) * s
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + offset) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))  # (h*w, 2)
-        point_strides.append(torch.full((h * w,), float(s), device=device))
-    return torch.cat(points), torch.cat(point_strides)
 
 
 class FCOS(nn.Module):

@@ -112,7 +112,8 @@ def train_live(cfg, out: str, resume: bool = False):
         evals.append(record)
         redraw()
 
-    trainer = Trainer(None if resume else cfg, out, resume=resume, on_step=on_step, on_eval=on_eval)
+    callbacks = dict(on_step=on_step, on_eval=on_eval)
+    trainer = Trainer.from_run(out, **callbacks) if resume else Trainer(cfg, out, **callbacks)
     evals.extend(trainer.history)
     history = trainer.run()
     redraw()

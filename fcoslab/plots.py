@@ -1,4 +1,5 @@
-"""Figures for the notebooks: dataset statistics, target assignment, mAP curves, PR curves.
+"""Figures for the notebooks: dataset statistics, target assignment, mAP curves, PR curves, predictions
+(the numbers come from :mod:`fcoslab.analysis`, the boxes from :mod:`fcoslab.draw`).
 
 Every function returns a matplotlib Figure (nothing is shown or saved implicitly), so notebooks,
 tests and scripts use them alike.
@@ -6,37 +7,24 @@ tests and scripts use them alike.
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 import torch
 
+from .analysis import assignment_for_image, class_counts, dataset_stats
 from .config import Config
-from .datasets import CocoDetection, check_coco_dict
+from .datasets import CocoDetection
 from .decode import one_class_per_object
-from .model import make_points
-from .predict import PALETTE
-from .targets import fcos_targets
+from .draw import class_colour, draw_boxes
 
 LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
 
 
 def _colour(label: int) -> tuple[float, float, float]:
-    return tuple(c / 255 for c in PALETTE[label % len(PALETTE)])
-
-
-def draw_boxes(ax, boxes, labels, names: Sequence[str], scores=None, dashed: bool = False) -> None:
-    for i, (box, label) in enumerate(zip(np.asarray(boxes).tolist(), np.asarray(labels).tolist())):
-        x1, y1, x2, y2 = box
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, color=_colour(label),
-                                   ls="--" if dashed else "-"))
-        text = names[label] + (f" {float(scores[i]):.2f}" if scores is not None else "")
-        ax.text(x1, y1, text, fontsize=7, color="black", va="bottom",
-                bbox=dict(facecolor=_colour(label), alpha=0.8, pad=0.5, lw=0))
+    return tuple(c / 255 for c in class_colour(label))
 
 
 def show_samples(dataset: CocoDetection, n: int = 8, cols: int = 4, start: int = 0):
@@ -53,21 +41,6 @@ def show_samples(dataset: CocoDetection, n: int = 8, cols: int = 4, start: int =
         ax.axis("off")
     fig.tight_layout()
     return fig
-
-
-def dataset_stats(dataset: CocoDetection) -> dict[str, np.ndarray]:
-    """Per-box widths, heights, labels and per-image object counts of the prepared targets."""
-    boxes = [b for b, _ in dataset.targets.values()]
-    labels = [l for _, l in dataset.targets.values()]
-    all_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
-    return {"w": all_boxes[:, 2] - all_boxes[:, 0], "h": all_boxes[:, 3] - all_boxes[:, 1],
-            "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
-            "per_image": np.array([len(b) for b in boxes])}
-
-
-def class_counts(dataset: CocoDetection) -> dict[str, int]:
-    counts = Counter(dataset_stats(dataset)["labels"].tolist())
-    return {name: counts.get(i, 0) for i, name in enumerate(dataset.index.names)}
 
 
 def plot_dataset_stats(dataset: CocoDetection, cfg: Config):
@@ -97,71 +70,6 @@ def plot_dataset_stats(dataset: CocoDetection, cfg: Config):
     axes[3].set_title("objects per image")
     fig.tight_layout()
     return fig
-
-
-def annotation_report(ann_file: str | Path, image_dir: str | Path) -> list[str]:
-    """Problems found in an annotation file and its images, as sentences (empty: none found).
-
-    Fatal problems (the file cannot be used) come back as a single sentence instead of raising.
-    """
-    from .errors import FcoslabError
-
-    try:
-        ds = CocoDetection(ann_file, image_dir)
-    except FcoslabError as e:
-        return [str(e)]
-    problems = []
-    r = ds.box_report
-    if r["clipped"]:
-        problems.append(f"{r['clipped']} boxes reach outside their image and were clipped")
-    if r["dropped"]:
-        problems.append(f"{r['dropped']} boxes have non-positive width or height and were dropped")
-    if r["crowd"]:
-        problems.append(f"{r['crowd']} crowd boxes are excluded from the targets")
-    stats = dataset_stats(ds)
-    empty = int((stats["per_image"] == 0).sum())
-    if empty:
-        problems.append(f"{empty} of {len(ds)} images have no objects (kept as negatives)")
-    tiny = int((np.maximum(stats["w"], stats["h"]) < 4).sum())
-    if tiny:
-        problems.append(f"{tiny} boxes are smaller than 4 px on their longer side")
-    unused = set(ds.index.names) - {ds.index.names[i] for i in set(stats["labels"].tolist())}
-    if unused:
-        problems.append(f"categories without any box: {', '.join(sorted(unused))}")
-    raw = check_coco_dict(ds.data, str(ann_file))
-    if len({im["file_name"] for im in raw["images"]}) != len(raw["images"]):
-        problems.append("some file_name values are listed more than once")
-    return problems
-
-
-def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dict:
-    """Targets of one training image at its network resolution (no augmentation).
-
-    Returns a dict: ``image`` float (3, h, w) in [0, 1], ``gt_boxes`` (M, 4), ``gt_labels`` (M,), ``points``
-    (P, 2), ``strides`` (P,), ``level_sizes``, and the :func:`fcos_targets` entries of this image
-    (``matched``, ``labels``, ``ltrb``, ``centerness``, per point).
-    """
-    from .datasets import build_transforms
-
-    image, target = build_transforms(cfg.data, train=False)(*dataset_raw_item(dataset, index))
-    h, w = image.shape[-2:]
-    stride_max = max(cfg.model.strides)
-    H, W = -(-h // stride_max) * stride_max, -(-w // stride_max) * stride_max
-    sizes = [(-(-H // s), -(-W // s)) for s in cfg.model.strides]
-    points, strides = make_points(sizes, cfg.model.strides, cfg.model.point_offset)
-    boxes = target["boxes"].as_subclass(torch.Tensor).float()
-    t = fcos_targets(points, strides, sizes, boxes[None], target["labels"][None], cfg.assign)
-    return {"image": image.as_subclass(torch.Tensor), "gt_boxes": boxes, "gt_labels": target["labels"], "points": points,
-            "strides": strides, "level_sizes": sizes, **{k: v[0] for k, v in t.items()}}
-
-
-def dataset_raw_item(dataset: CocoDetection, index: int):
-    """An item before the dataset's own transforms."""
-    saved, dataset.transforms = dataset.transforms, None
-    try:
-        return dataset[index]
-    finally:
-        dataset.transforms = saved
 
 
 def plot_assignment(assigned: dict, names: Sequence[str]):
@@ -201,17 +109,6 @@ def plot_target_maps(assigned: dict, level: int = 0):
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
-
-
-def positives_per_level(dataset: CocoDetection, cfg: Config, max_images: Optional[int] = None) -> np.ndarray:
-    """Number of positive points on each FPN level, summed over (up to ``max_images``) images: (L,)."""
-    totals = np.zeros(len(cfg.model.strides), dtype=np.int64)
-    for i in range(min(len(dataset), max_images or len(dataset))):
-        a = assignment_for_image(dataset, i, cfg)
-        counts = np.cumsum([0] + [h * w for h, w in a["level_sizes"]])
-        pos = (a["labels"] >= 0).numpy()
-        totals += [pos[counts[l]:counts[l + 1]].sum() for l in range(len(totals))]
-    return totals
 
 
 def plot_positives_per_level(counts_by_setting: dict[str, np.ndarray]):
@@ -311,10 +208,3 @@ def assignment_widget(dataset: CocoDetection, cfg: Config):
     radius.observe(redraw, names="value")
     redraw()
     return W.VBox([W.HBox([index, radius]), out])
-
-
-def per_class_table(evaluator, names: Sequence[str]) -> dict[str, float]:
-    """AP@[.5:.95] of each class by name, from an accumulated COCOeval."""
-    from .evaluate import per_class_ap
-
-    return {name: round(float(ap), 4) for name, ap in zip(names, per_class_ap(evaluator))}

@@ -4,46 +4,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
-from PIL import Image, ImageDraw
 
-from .checkpoint import write_json
+from .files import write_json
 from .datasets import read_image
 from .datasets.coco import to_rgb
 from .decode import one_class_per_object
+from .draw import draw_detections
 from .errors import FcoslabError
 from .inference import Predictor
 
-__all__ = ["Predictor", "draw_detections", "list_images", "predict_files", "PALETTE"]
+__all__ = ["Predictor", "list_images", "predict_files"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
-
-
-def draw_detections(image: Image.Image, det: dict, class_names: Sequence[str], score_thresh: float = 0.0,
-                    gt: Optional[dict] = None, width: int = 2) -> Image.Image:
-    """A copy of ``image`` with detections (coloured by class, with label and score) and optional
-    ground truth (``{"boxes", "labels"}``, drawn white and dashed-thin) drawn on it."""
-    out = to_rgb(image).copy()
-    draw = ImageDraw.Draw(out)
-    if gt is not None:
-        for box in gt["boxes"].tolist():
-            draw.rectangle(box, outline=(255, 255, 255), width=1)
-    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-        if score < score_thresh:
-            continue
-        colour = PALETTE[label % len(PALETTE)]
-        draw.rectangle(box, outline=colour, width=width)
-        text = f"{class_names[label]} {score:.2f}"
-        x, y = box[0], max(0, box[1] - 11)
-        tw = draw.textlength(text)
-        draw.rectangle([x, y, x + tw + 2, y + 10], fill=colour)
-        draw.text((x + 1, y - 1), text, fill=(0, 0, 0))
-    return out
-
-
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files among the inputs (folders are searched one level deep, sorted)."""
     files = []

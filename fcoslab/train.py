@@ -6,7 +6,6 @@ Runs in one process or under torchrun (DistributedDataParallel). Rank 0 alone wr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -17,15 +16,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
+from .runfolder import RunFolder, read_history, rng_state, set_rng_state  # noqa: F401 (read_history: API)
 from .config import Config, TrainConfig, config_from_dict, validate
-from .datasets import EpochBatchSampler, build_datasets, make_loader, pad_targets
+from .datasets import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
 from .errors import FcoslabError
 from .evaluate import STAT_NAMES, evaluate_model
 from .inference import choose_precision, inference_layout, resolve_device, training_layout
-from .loss import fcos_loss
-from .model import build_model
-from .targets import fcos_targets
+from .loss import FCOSCriterion
+from .model import build_model, load_pretrained_backbone
 
 log = logging.getLogger("fcoslab")
 
@@ -58,59 +56,75 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, foreach=True)
 
 
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise FcoslabError(f"run folder {out} cannot be written: {e.strerror or e}") from None
+def resumed_config(checkpoint: dict, overrides: Optional[dict] = None) -> Config:
+    """A checkpoint's config with training overrides (``train.epochs=24``, ...); the model stays as it was."""
+    cfg = config_from_dict(checkpoint["config"])
+    if overrides:
+        if any(k.startswith("model.") for k in overrides):
+            raise FcoslabError("a resumed run keeps its model: model.* keys cannot be overridden with --resume")
+        cfg = cfg.replace(**overrides)
+        validate(cfg)
+    return cfg
+
+
+def setup_device(t: TrainConfig) -> tuple[torch.device, int, int]:
+    """The device of this process, its rank and the number of processes (torchrun or one process)."""
+    device = resolve_device(t.device)
+    rank, world, local_rank = dist.init(device.type)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if t.batch_size % world:
+        raise FcoslabError(f"config key 'train.batch_size' ({t.batch_size}) must be divisible by "
+                           f"the number of processes ({world})")
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    return device, rank, world
+
+
+def build_training_model(cfg: Config, num_classes: int, device: torch.device, world: int,
+                         pretrained: bool) -> torch.nn.Module:
+    """The bare model on ``device``: pretrained backbone weights (for a new run), layout, SyncBatchNorm."""
+    model = build_model(cfg, num_classes)
+    if pretrained:
+        load_pretrained_backbone(model, cfg.model)
+    model.to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1 and not cfg.model.frozen_bn:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif dist.is_main():
+            log.warning("BatchNorm statistics are per process on CPU (SyncBatchNorm needs CUDA)")
+    return model
 
 
 class Trainer:
-    """One training run in a run folder. ``run()`` trains to the configured number of epochs."""
+    """One training run in a run folder. ``run()`` trains to the configured number of epochs.
 
-    def __init__(self, cfg: Optional[Config], out: str | Path, resume: bool = False, progress: bool = True,
+    ``Trainer(cfg, out)`` starts a run; ``Trainer.from_run(out)`` continues the one saved there.
+    ``self.model`` is the bare model (what is saved and evaluated); ``self.step_model`` is what a training
+    step calls: DistributedDataParallel around it under torchrun, the model itself in one process.
+    """
+
+    def __init__(self, cfg: Config, out: str | Path, progress: bool = True,
                  on_step: Optional[Callable[[dict], None]] = None, on_eval: Optional[Callable[[dict], None]] = None,
-                 resume_overrides: Optional[dict] = None):
-        self.out, self.progress, self.on_step, self.on_eval = Path(out), progress, on_step, on_eval
-        ckpt = None
-        if resume:
-            ckpt = load_checkpoint(self.out / "last.pt")
-            cfg = config_from_dict(ckpt["config"])
-            if resume_overrides:
-                if any(k.startswith("model.") for k in resume_overrides):
-                    raise FcoslabError("a resumed run keeps its model: model.* keys cannot be overridden with --resume")
-                cfg = cfg.replace(**resume_overrides)
-                validate(cfg)
-        elif cfg is None:
-            raise FcoslabError("train: give a config, or resume=True with a run folder")
-        self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
-        self.rank, self.world, local_rank = dist.init(self.device.type)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(self.device)
-        if cfg.train.batch_size % self.world:
-            raise FcoslabError(f"config key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by "
-                               f"the number of processes ({self.world})")
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+                 checkpoint: Optional[dict] = None):
+        self.cfg, self.out, self.folder = cfg, Path(out), RunFolder(out)
+        self.progress, self.on_step, self.on_eval = progress, on_step, on_eval
+        self.device, self.rank, self.world = setup_device(cfg.train)
         if dist.is_main():
-            check_writable(self.out)
+            self.folder.check_writable()
         torch.manual_seed(cfg.train.seed)
+        if dist.is_main():
+            ensure_shapes(cfg.data)  # the generated set, where the config asks for it
+        dist.barrier()
         self.train_set, self.val_set = build_datasets(cfg)
         self.index = self.train_set.index
-        self.model = build_model(cfg, cfg.model.num_classes or self.index.num_classes).to(self.device)
-        if cfg.model.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if self.world > 1 and not cfg.model.frozen_bn:
-            if self.device.type == "cuda":
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            elif dist.is_main():
-                log.warning("BatchNorm statistics are per process on CPU (SyncBatchNorm needs CUDA)")
+        self.model = build_training_model(cfg, cfg.model.num_classes or self.index.num_classes, self.device,
+                                          self.world, pretrained=checkpoint is None)
         self.optimizer = make_optimizer(self.model, cfg.train)
+        self.criterion = FCOSCriterion(cfg.assign, cfg.loss, all_reduce=dist.all_reduce_mean)
         self.precision = choose_precision(cfg.train.amp, self.device)
         if dist.is_main():
             log.info("precision: %s on %s (%s)", self.precision.name, self.device, self.precision.reason)
@@ -121,13 +135,18 @@ class Trainer:
         self.history: list[dict] = []
         self.nonfinite_total = 0
         self.elapsed = 0.0  # seconds of training and evaluation, summed over resumes
-        if ckpt is not None:
-            self._restore(ckpt)
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-                    if self.world > 1 else self.model)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.step_model = DistributedDataParallel(self.model, device_ids=device_ids) if self.world > 1 else self.model
         if dist.is_main():
-            write_json(self.out / "config.json", cfg.to_dict())
-            write_json(self.out / "history.json", self.history)
+            self.folder.start(cfg.to_dict(), self.history)
+
+    @classmethod
+    def from_run(cls, out: str | Path, overrides: Optional[dict] = None, **kwargs) -> "Trainer":
+        """Continue the run saved in ``out`` (its config, with training ``overrides``)."""
+        checkpoint = RunFolder(out).load()
+        return cls(resumed_config(checkpoint, overrides), out, checkpoint=checkpoint, **kwargs)
 
     # ----------------------------------------------------------------- checkpoints
     def _state(self) -> dict:
@@ -150,8 +169,7 @@ class Trainer:
 
     def save(self) -> None:
         if dist.is_main():
-            save_checkpoint(self.out / "last.pt", self._state())
-            write_json(self.out / "history.json", self.history)  # always the checkpoint's own history
+            self.folder.save(self._state())
         dist.barrier()
 
     # ----------------------------------------------------------------- steps
@@ -161,15 +179,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = batch["images"].to(self.device, non_blocking=True)
-        gt_boxes, gt_labels = pad_targets([b.to(self.device) for b in batch["boxes"]],
-                                          [l.to(self.device) for l in batch["labels"]])
+        gt_boxes = batch["gt_boxes"].to(self.device, non_blocking=True)
+        gt_labels = batch["gt_labels"].to(self.device, non_blocking=True)
         if self.cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.precision.autocast(self.device):
-            outputs = self.ddp(images)
-        targets = fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
-                               self.cfg.assign)
-        losses = fcos_loss(outputs, targets, self.cfg.loss, all_reduce=dist.all_reduce_mean)
+            outputs = self.step_model(images)
+        losses, _ = self.criterion(outputs, gt_boxes, gt_labels)
         finite = torch.isfinite(losses["loss"]).float()
         if dist.all_reduce_mean(finite).item() < 1.0:  # every rank skips together
             self.optimizer.zero_grad(set_to_none=True)
@@ -181,7 +197,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        names = [k for k in losses if k != "num_pos"]
+        names = list(losses)
         values = dist.all_reduce_mean(torch.stack([losses[k].detach().float() for k in names])).tolist()  # one sync
         return {**dict(zip(names, values)), "lr": lr}
 
@@ -210,7 +226,7 @@ class Trainer:
                 if consecutive_bad >= self.cfg.train.max_nonfinite:
                     raise FcoslabError(f"training stopped: {consecutive_bad} non-finite losses in a row at step "
                                        f"{self.step} (lower train.lr or raise train.grad_clip); the last good "
-                                       f"checkpoint {self.out / 'last.pt'} is intact")
+                                       f"checkpoint {self.folder.checkpoint} is intact")
             else:
                 consecutive_bad = 0
                 count += 1
@@ -265,16 +281,14 @@ class Trainer:
         return self.history
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, **kwargs) -> list[dict]:
-    """Train ``cfg`` into run folder ``out`` (or continue it with ``resume=True``); returns the history."""
-    return Trainer(cfg, out, resume=resume, **kwargs).run()
-
-
-def read_history(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "history.json"
-    if not path.is_file():
-        raise FcoslabError(f"{path} does not exist: is {run_dir} a run folder?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FcoslabError(f"{path} is not valid JSON ({e})") from None
+def train(cfg: Optional[Config], out: str | Path, resume: bool = False, resume_overrides: Optional[dict] = None,
+          **kwargs) -> list[dict]:
+    """Train ``cfg`` into run folder ``out``, or continue the run there with ``resume=True`` (``cfg`` is
+    then None: the saved config is used, with ``resume_overrides``); returns the history."""
+    if resume:
+        if cfg is not None:
+            raise FcoslabError("train(resume=True) continues the run with its saved config; pass cfg=None")
+        return Trainer.from_run(out, resume_overrides, **kwargs).run()
+    if cfg is None:
+        raise FcoslabError("train: give a config, or resume=True with a run folder")
+    return Trainer(cfg, out, **kwargs).run()

@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw
 from .boxes import box_iou
 from .datasets import CocoDetection, read_image
 from .decode import one_class_per_object
+from .draw import FP, MISSED, TP, draw_labelled_box
 from .predict import Predictor
 
-TP, FP, MISSED = (40, 200, 40), (230, 30, 30), (255, 150, 0)
 
 
 def match_detections(det: dict, gt: dict, iou_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,13 +121,11 @@ class PredictionViewer:
         draw = ImageDraw.Draw(canvas)
         if found is not None:
             for box in gt["boxes"][~found].tolist():
-                draw.rectangle([v * scale for v in box], outline=MISSED, width=2)
+                draw_labelled_box(draw, [v * scale for v in box], MISSED)
         rows = []
         for k, (box, s, l) in enumerate(zip(shown["boxes"].tolist(), shown["scores"].tolist(), shown["labels"].tolist())):
             colour = (TP if is_tp[k] else FP) if is_tp is not None else (0, 160, 255)
-            xy = [v * scale for v in box]
-            draw.rectangle(xy, outline=colour, width=2)
-            draw.text((xy[0] + 2, xy[1] + 1), f"{self.names[l]} {s:.2f}", fill=colour)
+            draw_labelled_box(draw, [v * scale for v in box], colour, f"{self.names[l]} {s:.2f}", filled_label=False)
             rows.append({"class": self.names[l], "score": round(s, 3), "box": [round(v, 1) for v in box],
                          "result": ("TP" if is_tp[k] else "FP") if is_tp is not None else ""})
         if found is not None:

@@ -15,19 +15,6 @@ def shapes_dir(tmp_path_factory):
     return out
 
 
-def tiny_overrides(shapes_dir, **extra):
-    """Overrides that make the shapes preset train in seconds on the tiny set (float32: CPUs without native
-    bfloat16 emulate it many times slower). The four data paths alone point the preset at the tiny set."""
-    d = shapes_dir
-    base = {"data.train_ann": str(d / "train.json"), "data.train_images": str(d / "train"),
-            "data.val_ann": str(d / "val.json"), "data.val_images": str(d / "val"),
-            "data.min_size": [64], "data.max_size": 64, "data.test_min_size": 64, "data.num_workers": 0,
-            "model.fpn_channels": 32, "model.head_convs": 1, "train.batch_size": 4, "train.epochs": 1,
-            "train.warmup_iters": 2, "train.amp": "off", "train.images_per_epoch": 0}
-    base.update(extra)
-    return base
-
-
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fcoslab import ops
-from fcoslab.model import make_points
+from fcoslab.points import make_points
 from fcoslab.targets import centerness_target, fcos_targets, point_regress_ranges
 from fcoslab.config import AssignConfig
 

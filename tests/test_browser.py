@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.browser

@@ -10,14 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_overrides
+from helpers import set_args, tiny_overrides
 from fcoslab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def sets(shapes_dir, **extra):
-    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in tiny_overrides(shapes_dir, **extra).items()]
 
 
 def run_cli(*args, cwd=None):
@@ -31,7 +27,7 @@ def run_cli(*args, cwd=None):
 @pytest.fixture(scope="module")
 def trained_run(shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["train", "--quiet", "--out", str(out), "--set", *sets(shapes_dir)]) == 0
+    assert main(["train", "--quiet", "--out", str(out), "--set", *set_args(shapes_dir)]) == 0
     return out
 
 
@@ -136,7 +132,7 @@ def test_missing_image_listed_in_annotations(shapes_dir, tmp_path, capsys):
     data = tmp_path / "d"
     shutil.copytree(shapes_dir, data)
     (data / "train" / "000003.png").unlink()
-    code = main(["train", "--out", str(tmp_path / "r"), "--set", *sets(data)])
+    code = main(["train", "--out", str(tmp_path / "r"), "--set", *set_args(data)])
     err = capsys.readouterr().err
     assert code == 2 and "listed in" in err and "000003.png" in err and "Traceback" not in err
     assert not (tmp_path / "r" / "last.pt").exists()
@@ -149,7 +145,7 @@ def test_corrupt_image_in_a_worker_names_the_file(shapes_dir, tmp_path):
     shutil.copytree(shapes_dir, data)
     (data / "train" / "000002.png").write_bytes(b"garbage")
     code, _, err = run_cli("train", "--out", str(tmp_path / "r"), "--quiet", "--set",
-                           *sets(data, **{"data.num_workers": 2}))
+                           *set_args(data, **{"data.num_workers": 2}))
     assert code == 2 and "cannot read image" in err and "000002.png" in err and "Traceback" not in err
 
 
@@ -161,5 +157,5 @@ def test_refuses_to_overwrite_a_run(trained_run):
 def test_unwritable_run_folder(shapes_dir, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = main(["train", "--out", str(blocker / "run"), "--set", *sets(shapes_dir)])
+    code = main(["train", "--out", str(blocker / "run"), "--set", *set_args(shapes_dir)])
     assert code == 2 and "cannot be written" in capsys.readouterr().err

@@ -1,6 +1,4 @@
-import dataclasses
 import json
-import math
 
 import pytest
 
@@ -56,35 +54,3 @@ def test_config_roundtrip_through_dict():
     cfg = load_config("imprv_coco_1x", ["train.epochs=2"])
     again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and isinstance(again, Config)
-
-
-def test_learning_rate_schedules():
-    from fcoslab.train import lr_factor
-
-    step = load_config("shapes", {"train.warmup_iters": 10, "train.warmup_factor": 0.2, "train.lr_steps": (2, 3.5),
-                                  "train.lr_gamma": 0.1, "train.epochs": 4}).train
-    assert lr_factor(0, step, 10) == pytest.approx(0.2)  # warm-up starts at warmup_factor
-    assert lr_factor(5, step, 10) == pytest.approx(0.6)
-    assert lr_factor(10, step, 10) == 1.0
-    assert lr_factor(19, step, 10) == 1.0
-    assert lr_factor(20, step, 10) == pytest.approx(0.1)  # epoch 2 reached
-    assert lr_factor(34, step, 10) == pytest.approx(0.1)
-    assert lr_factor(35, step, 10) == pytest.approx(0.01)  # half-way through the fourth epoch
-    assert load_config("shapes", {"train.lr_steps": "[4.5]"}).train.lr_steps == (4.5,)
-    cosine = dataclasses.replace(step, lr_schedule="cosine")
-    assert lr_factor(20, cosine, 10) == pytest.approx(0.5)
-    assert lr_factor(40, cosine, 10) == pytest.approx(0.0, abs=1e-12)
-    assert lr_factor(10, cosine, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
-    with pytest.raises(FcoslabError, match="train.lr_schedule"):
-        load_config("shapes", {"train.lr_schedule": "linear"})
-
-
-def test_warmup_fits_a_short_run():
-    from fcoslab.train import lr_factor
-
-    short = dataclasses.replace(load_config("shapes").train, warmup_iters=200, epochs=4, lr_steps=(3,))
-    assert lr_factor(20, short, 20) == 1.0  # 80 steps in all: warm-up is cut to 20 steps, the peak is reached
-    assert lr_factor(10, short, 20) < 1.0
-    assert lr_factor(60, short, 20) == pytest.approx(0.1)
-    long = dataclasses.replace(short, epochs=100, lr_steps=(99,))
-    assert lr_factor(199, long, 20) < 1.0 <= lr_factor(200, long, 20)  # a long run keeps its 200 steps

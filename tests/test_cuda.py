@@ -133,7 +133,7 @@ def test_focal_loss_gradcheck_float64():
 
 
 def assign_inputs(B, M, gen, image=(800, 1344)):
-    from fcoslab.model import make_points
+    from fcoslab.points import make_points
     from fcoslab.targets import point_regress_ranges
 
     sizes = [((image[0] + s - 1) // s, (image[1] + s - 1) // s) for s in (8, 16, 32, 64, 128)]
@@ -180,7 +180,7 @@ def test_auto_backend_uses_kernels_on_cuda(monkeypatch):
 
 @cuda
 def test_training_step_on_gpu_with_kernels(tmp_path, shapes_dir):
-    from conftest import tiny_overrides
+    from helpers import tiny_overrides
     from fcoslab.config import load_config
     from fcoslab.train import train
 

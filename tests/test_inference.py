@@ -70,7 +70,7 @@ def test_native_bf16_needs_the_cpu_flag(monkeypatch):
 
 
 def test_training_logs_its_precision(shapes_dir, tmp_path, caplog, cpu_without_bf16):
-    from conftest import tiny_overrides
+    from helpers import tiny_overrides
     from fcoslab.config import load_config
     from fcoslab.train import Trainer
 

@@ -1,11 +1,12 @@
+import pytest
 import torch
 
 from fcoslab.config import DecodeConfig, load_config
 from fcoslab.datasets import pad_targets
 from fcoslab.decode import decode
-from fcoslab.loss import fcos_loss
-from fcoslab.model import build_model, make_points
-from fcoslab.targets import fcos_targets
+from fcoslab.loss import FCOSCriterion
+from fcoslab.model import build_model
+from fcoslab.points import level_sizes, make_points
 
 
 def small_model(**over):
@@ -26,16 +27,23 @@ def test_forward_shapes_and_points():
     assert no_ctr(torch.rand(1, 3, 64, 64))["centerness"] is None
 
 
+def test_level_sizes_match_the_model():
+    cfg, model = small_model()
+    out = model(torch.rand(1, 3, 128, 256))
+    assert out["level_sizes"] == level_sizes(128, 256, cfg.model.strides) == [(16, 32), (8, 16), (4, 8), (2, 4), (1, 2)]
+    with pytest.raises(ValueError, match="multiple of 128"):
+        level_sizes(100, 128, cfg.model.strides)
+
+
 def test_points_offset():
     points, strides = make_points([(1, 2)], (16,), 0.0)
     assert points.tolist() == [[0.0, 0.0], [16.0, 0.0]] and strides.tolist() == [16.0, 16.0]
 
 
 def loss_of(model, cfg, images, boxes, labels):
-    out = model(images)
-    gb, gl = pad_targets(boxes, labels)
-    t = fcos_targets(out["points"], out["strides"], out["level_sizes"], gb, gl, cfg.assign)
-    return fcos_loss(out, t, cfg.loss)
+    """Loss terms and statistics through the criterion training uses."""
+    terms, stats = FCOSCriterion(cfg.assign, cfg.loss)(model(images), *pad_targets(boxes, labels))
+    return {**terms, **stats}
 
 
 def test_image_without_objects():

@@ -77,3 +77,24 @@ def test_backbone_width_errors_name_the_key(over, message):
     with pytest.raises(FcoslabError, match="model.backbone_width") as err:
         load_config("shapes", over)
     assert message in str(err.value)
+
+
+def test_pretrained_backbone_loads_after_the_model_is_built(tmp_path):
+    from fcoslab.model import load_pretrained_backbone
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save({"module." + k: v for k, v in reference.state_dict().items()}, path)  # a DDP-saved file
+    cfg = load_config("imprv_coco_1x", {"model.backbone": "resnet18", "model.backbone_weights": str(path)})
+    model = build_model(cfg, 3)  # building reads no file
+    assert not torch.equal(model.backbone.stem[0].weight, reference.conv1.weight)
+    load_pretrained_backbone(model, cfg.model)
+    assert torch.equal(model.backbone.stem[0].weight, reference.conv1.weight)
+    assert torch.equal(model.backbone.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    (tmp_path / "bad.pth").write_text("not weights")
+    for bad, message in ((tmp_path / "none.pth", "does not exist"), (tmp_path / "bad.pth", "cannot load backbone weights")):
+        with pytest.raises(FcoslabError, match=message):
+            load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(bad)}).model)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(FcoslabError, match="do not fit the backbone"):
+        load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(tmp_path / "other.pth")}).model)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from fcoslab.notebooks import execute_notebook, notebook_paths
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,11 +3,13 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fcoslab import plots  # noqa: E402
+from fcoslab import analysis, plots  # noqa: E402
 from fcoslab.config import load_config  # noqa: E402
 from fcoslab.datasets import CocoDetection  # noqa: E402
+from fcoslab.errors import FcoslabError  # noqa: E402
 
 
 def small_cfg(**over):
@@ -16,7 +18,7 @@ def small_cfg(**over):
 
 def test_assignment_for_image_keeps_ground_truth_and_points_apart(shapes_dir):
     ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
-    a = plots.assignment_for_image(ds, 0, small_cfg())
+    a = analysis.assignment_for_image(ds, 0, small_cfg())
     boxes, labels = ds.targets[ds.images[0]["id"]]
     assert a["gt_labels"].tolist() == labels.tolist()
     torch.testing.assert_close(a["gt_boxes"], torch.as_tensor(boxes))
@@ -26,19 +28,22 @@ def test_assignment_for_image_keeps_ground_truth_and_points_apart(shapes_dir):
 
 def test_center_sampling_and_ranges_change_positives(shapes_dir):
     ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
-    with_cs = plots.positives_per_level(ds, small_cfg(**{"assign.center_radius": 0.5}), 6)
-    without = plots.positives_per_level(ds, small_cfg(**{"assign.center_radius": None}), 6)
+    with_cs = analysis.positives_per_level(ds, small_cfg(**{"assign.center_radius": 0.5}), 6)
+    without = analysis.positives_per_level(ds, small_cfg(**{"assign.center_radius": None}), 6)
     assert with_cs.shape == (5,) and (without >= with_cs).all() and without.sum() > with_cs.sum()
 
 
 def test_dataset_stats_and_report(shapes_dir, tmp_path):
     ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
-    counts = plots.class_counts(ds)
+    counts = analysis.class_counts(ds)
     assert list(counts) == ["ellipse", "rectangle", "triangle", "cross"]
     assert sum(counts.values()) == sum(len(b) for b, _ in ds.targets.values())
-    assert plots.annotation_report(tmp_path / "none.json", tmp_path) == [f"annotation file {tmp_path / 'none.json'} does not exist"]
-    report = plots.annotation_report(shapes_dir / "train.json", shapes_dir / "train")
-    assert all(isinstance(line, str) for line in report)
+    with pytest.raises(FcoslabError, match="does not exist"):
+        analysis.data_report(tmp_path / "none.json", tmp_path)
+    summary, problems = analysis.data_report(shapes_dir / "train.json", shapes_dir / "train")
+    n_boxes = sum(len(b) for b, _ in ds.targets.values())
+    assert f"{len(ds)} images" in summary and f"{n_boxes} boxes" in summary and "4 classes" in summary
+    assert all(isinstance(line, str) for line in problems)
 
 
 def test_figures_have_the_expected_panels(shapes_dir):
@@ -46,7 +51,7 @@ def test_figures_have_the_expected_panels(shapes_dir):
     cfg = small_cfg()
     assert len(plots.show_samples(ds, 4, cols=2).axes) == 4
     assert len(plots.plot_dataset_stats(ds, cfg).axes) == 4
-    a = plots.assignment_for_image(ds, 1, cfg)
+    a = analysis.assignment_for_image(ds, 1, cfg)
     assert len(plots.plot_assignment(a, ds.index.names).axes) == 5
     assert len(plots.plot_target_maps(a, 0).axes) == 10  # 5 maps + 5 colour bars
     history = [{"epoch": e, "AP": 0.1 * e, "AP50": 0.2 * e, "AP75": 0.05 * e} for e in (1, 2, 3)]

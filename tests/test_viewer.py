@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 import io
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from fcoslab.config import load_config
 from fcoslab.datasets import CocoDetection
 from fcoslab.predict import Predictor

@@ -251,10 +251,14 @@ class CocoDetection(torch.utils.data.Dataset):
             self._cache[i] = read_image(self.image_path(i))
         return self._cache[i]
 
-    def __getitem__(self, i: int):
+    def raw_item(self, i: int):
+        """Item ``i`` before the dataset's transforms: ``(tv_tensors.Image uint8, target)``."""
         info = self.images[i]
         boxes, labels = self.targets[info["id"]]
-        image, target = make_sample(self.load_image(i), boxes, labels, info["id"])
+        return make_sample(self.load_image(i), boxes, labels, info["id"])
+
+    def __getitem__(self, i: int):
+        image, target = self.raw_item(i)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target

@@ -50,8 +50,9 @@ def collate(batch: list, size_divisibility: int = 128) -> dict:
 
     Returns a dict with ``images`` float (B, 3, H, W) zero-padded at the bottom and right to a
     multiple of ``size_divisibility``; ``image_sizes`` int64 (B, 2) the (h, w) of each image before
-    padding; ``orig_sizes`` int64 (B, 2) the (h, w) of the original files; ``boxes`` list of float
-    (M_b, 4) xyxy pixels in the resized image; ``labels`` list of int64 (M_b,); ``image_ids`` list of int.
+    padding; ``orig_sizes`` int64 (B, 2) the (h, w) of the original files; ``gt_boxes`` float (B, M, 4)
+    xyxy pixels in the resized image and ``gt_labels`` int64 (B, M), padded with -1 labels as
+    :func:`pad_targets` does; ``image_ids`` list of int.
     """
     images = [img for img, _ in batch]
     hs, ws = [im.shape[-2] for im in images], [im.shape[-1] for im in images]
@@ -60,12 +61,14 @@ def collate(batch: list, size_divisibility: int = 128) -> dict:
     out = images[0].new_zeros((len(images), 3, H, W))
     for i, im in enumerate(images):
         out[i, :, : im.shape[-2], : im.shape[-1]] = im
+    gt_boxes, gt_labels = pad_targets([t["boxes"].as_subclass(torch.Tensor).float() for _, t in batch],
+                                      [t["labels"] for _, t in batch])
     return {
         "images": out.as_subclass(torch.Tensor),
         "image_sizes": torch.tensor(list(zip(hs, ws)), dtype=torch.int64),
         "orig_sizes": torch.stack([t["orig_size"] for _, t in batch]),
-        "boxes": [t["boxes"].as_subclass(torch.Tensor).float() for _, t in batch],
-        "labels": [t["labels"] for _, t in batch],
+        "gt_boxes": gt_boxes,
+        "gt_labels": gt_labels,
         "image_ids": [int(t["image_id"]) for _, t in batch],
     }
 

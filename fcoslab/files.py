@@ -1,0 +1,35 @@
+"""Writing files so that a crash or a full disk never leaves half a file, and one-line load errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import FcoslabError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through ``path.tmp`` and rename; on failure the old file stays and the temp file goes."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FcoslabError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} (if any) is intact") from None
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
+
+
+def describe_load_error(e: Exception) -> str:
+    """One line about why ``torch.load(..., weights_only=True)`` failed (torch's own text runs to a page)."""
+    text = str(e)
+    if "WeightsUnpickler error" in text:
+        detail = next((line.strip() for line in text.split("WeightsUnpickler error", 1)[1].splitlines()
+                       if line.strip(" :")), "")
+        return f"not a file that torch.load reads with weights_only=True ({detail.strip(' :')})"
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)

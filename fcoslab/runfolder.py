@@ -1,0 +1,109 @@
+"""The run folder and its files, written atomically (temporary file, then rename).
+
+A run folder holds ``config.json`` (the resolved config), ``last.pt`` (the checkpoint) and
+``history.json`` (one record per evaluation); :class:`RunFolder` is the only code that knows these
+names. A checkpoint holds only tensors and plain Python values, so it loads with ``weights_only=True``
+and can never run code. It also carries the evaluation history, so that ``history.json`` can always be
+rewritten from the last good checkpoint: a run killed at any moment never records an evaluation twice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import FcoslabError
+from .files import atomic_write, describe_load_error, write_json  # noqa: F401 (write_json: API)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file (or a run folder's checkpoint when given the folder) with weights_only=True."""
+    path = Path(path)
+    if path.is_dir():
+        path = RunFolder(path).checkpoint
+    if not path.is_file():
+        raise FcoslabError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file raises one of several types
+        raise FcoslabError(f"cannot load checkpoint {path}: {describe_load_error(e)}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise FcoslabError(f"{path} is not an fcoslab checkpoint (no 'model' and 'config' entries)")
+    return ckpt
+
+
+def rng_state() -> dict:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunFolder:
+    """One run's folder: where its config, checkpoint and history live, and how they are written."""
+
+    CONFIG, CHECKPOINT, HISTORY = "config.json", "last.pt", "history.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config, self.checkpoint, self.history_file = (self.path / self.CONFIG, self.path / self.CHECKPOINT,
+                                                           self.path / self.HISTORY)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file()
+
+    def check_writable(self) -> None:
+        """Create the folder and prove a file can be written there, before anything is computed."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise FcoslabError(f"run folder {self.path} cannot be written: {e.strerror or e}") from None
+
+    def start(self, config: dict, history: list[dict]) -> None:
+        """Write the resolved config and the history so far (a resumed run's history is kept)."""
+        write_json(self.config, config)
+        write_json(self.history_file, history)
+
+    def save(self, state: dict) -> None:
+        """Save the checkpoint, then the history it carries (``state["history"]``)."""
+        atomic_write(self.checkpoint, lambda tmp: torch.save(state, tmp))
+        write_json(self.history_file, state["history"])  # always the checkpoint's own history
+
+    def load(self) -> dict:
+        return load_checkpoint(self.checkpoint)
+
+    def read_history(self) -> list[dict]:
+        if not self.history_file.is_file():
+            raise FcoslabError(f"{self.history_file} does not exist: is {self.path} a run folder?")
+        try:
+            return json.loads(self.history_file.read_text())
+        except json.JSONDecodeError as e:
+            raise FcoslabError(f"{self.history_file} is not valid JSON ({e})") from None
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """The evaluation history of a run folder: one dict per evaluation (epoch, step, losses, AP, ...)."""
+    return RunFolder(run_dir).read_history()
