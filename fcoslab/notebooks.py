@@ -33,10 +33,25 @@ def use_project_root() -> Path:
     return here
 
 
-def inject_parameters(nb, params: dict) -> None:
-    """Insert a cell assigning ``params`` right after the cell tagged ``parameters``."""
+def parameter_names(nb) -> set[str]:
+    """The names the notebook's ``parameters`` cell assigns."""
+    import ast
+
+    cell = next((c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise ValueError("notebook has no cell tagged 'parameters'")
+    tree = ast.parse(cell.source)
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def inject_parameters(nb, params: dict, only_known: bool = False) -> None:
+    """Insert a cell assigning ``params`` right after the cell tagged ``parameters`` (papermill's
+    convention: the injected cell is tagged ``injected-parameters``). With ``only_known``, parameters the
+    notebook does not declare are left out, so one set of parameters can be offered to every notebook."""
     import nbformat
 
+    if only_known:
+        params = {k: v for k, v in params.items() if k in parameter_names(nb)}
     if not params:
         return
     index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
@@ -47,13 +62,14 @@ def inject_parameters(nb, params: dict) -> None:
     nb.cells.insert(index + 1, cell)
 
 
-def execute_notebook(path: Path, out_dir: Path, params: Optional[dict] = None, timeout: int = 1200) -> Path:
+def execute_notebook(path: Path, out_dir: Path, params: Optional[dict] = None, timeout: int = 1200,
+                     only_known: bool = False) -> Path:
     """Execute one notebook; writes ``OUT/NAME.ipynb`` and ``OUT/figures/NAME_k.png``. Raises on a cell error."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    inject_parameters(nb, params or {})
+    inject_parameters(nb, params or {}, only_known)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
     try:
         client.execute()
@@ -158,13 +174,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         for path in export_figures(Path(args.executed), Path(args.out)):
             print(f"wrote {path}")
         return 0
-    params: dict[str, dict] = {}
-    if args.run:
-        params = {"03": {"RUN_DIR": args.run, "RESUME_IF_PRESENT": True}, "04": {"RUNS": [args.run]},
-                  "05": {"RUN_DIR": args.run}}
+    # offered to every notebook; each takes the ones its parameters cell declares
+    params = {"RUN_DIR": args.run, "RUNS": [args.run], "RESUME_IF_PRESENT": True} if args.run else {}
     for path in notebook_paths(args.only):
         print(f"running {path.name} ...", flush=True)
-        written = execute_notebook(path, Path(args.out), params.get(path.name[:2]), args.timeout)
+        written = execute_notebook(path, Path(args.out), params, args.timeout, only_known=True)
         print(f"  wrote {written}", flush=True)
     return 0
 

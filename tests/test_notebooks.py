@@ -54,3 +54,18 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path):
         assert any(f.startswith(prefix) for f in figures), (prefix, figures)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_parameters_go_only_where_a_notebook_declares_them():
+    import nbformat
+
+    from fcoslab.notebooks import inject_parameters, notebook_paths, parameter_names
+
+    offered = {"RUN_DIR": "runs/x", "RUNS": ["runs/x"], "RESUME_IF_PRESENT": True}
+    for path in notebook_paths(["03", "04", "05"]):
+        nb = nbformat.read(path, as_version=4)
+        declared = parameter_names(nb)
+        inject_parameters(nb, offered, only_known=True)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        names = {line.split(" = ")[0] for line in injected[0].source.splitlines()}
+        assert names == declared & set(offered) and names, (path.name, names)
