@@ -93,16 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named configs")
     p.set_defaults(func=_cmd_presets)
 
-    shapes = load_config("shapes").data  # make-shapes defaults to the set the shapes preset trains on
+    shapes = load_config("shapes").shapes  # make-shapes defaults to the set the shapes preset trains on
     p = sub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO format)")
     p.add_argument("out", help="output folder (gets train/, val/, train.json, val.json)")
-    p.add_argument("--train", type=int, default=shapes.shapes_train, help=f"default {shapes.shapes_train}")
-    p.add_argument("--val", type=int, default=shapes.shapes_val, help=f"default {shapes.shapes_val}")
-    p.add_argument("--image-size", type=int, default=shapes.shapes_image_size,
-                   help=f"default {shapes.shapes_image_size}")
-    p.add_argument("--seed", type=int, default=shapes.shapes_seed, help=f"default {shapes.shapes_seed}")
-    p.add_argument("--min-side", type=float, default=shapes.shapes_min_side,
-                   help=f"smallest object side as a fraction of the image size (default {shapes.shapes_min_side:g}; "
+    p.add_argument("--train", type=int, default=shapes.train, help=f"default {shapes.train}")
+    p.add_argument("--val", type=int, default=shapes.val, help=f"default {shapes.val}")
+    p.add_argument("--image-size", type=int, default=shapes.image_size,
+                   help=f"default {shapes.image_size}")
+    p.add_argument("--seed", type=int, default=shapes.seed, help=f"default {shapes.seed}")
+    p.add_argument("--min-side", type=float, default=shapes.min_side,
+                   help=f"smallest object side as a fraction of the image size (default {shapes.min_side:g}; "
                         "0.08 is harder)")
     p.set_defaults(func=_cmd_make_shapes)
 

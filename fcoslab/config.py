@@ -25,12 +25,6 @@ class DataConfig:
     train_images: str = "data/shapes/train"
     val_ann: str = "data/shapes/val.json"
     val_images: str = "data/shapes/val"
-    # Generate the shapes set into the annotation file's folder when it is missing (0 = never).
-    shapes_train: int = 0
-    shapes_val: int = 0
-    shapes_image_size: int = 128
-    shapes_seed: int = 0
-    shapes_min_side: float = 0.12  # smallest object side as a fraction of shapes_image_size
     # Training resize: shorter side drawn from min_size (scale jitter), longer side at most max_size.
     min_size: tuple[int, ...] = (800,)
     max_size: int = 1333
@@ -39,6 +33,18 @@ class DataConfig:
     color_jitter: float = 0.0
     num_workers: int = 2
     cache_images: bool = False  # keep decoded images in memory (small datasets; use with num_workers=0)
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """The generated shapes set that ``data``'s paths point at (a config without this section never
+    generates anything): made into the annotation files' folder when missing or made otherwise."""
+
+    train: int = 4608
+    val: int = 128
+    image_size: int = 128
+    seed: int = 0
+    min_side: float = 0.12  # smallest object side as a fraction of image_size
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    shapes: Optional[ShapesConfig] = None  # the generated set the data paths point at, if any
     model: ModelConfig = field(default_factory=ModelConfig)
     assign: AssignConfig = field(default_factory=AssignConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -190,24 +197,50 @@ def _parse_scalar(text: str) -> Any:
 
 
 DATA_PATH_KEYS = ("data.train_ann", "data.train_images", "data.val_ann", "data.val_images")
+OPTIONAL_SECTIONS = {"shapes": ShapesConfig}
+_NONE = (None, "none", "null", "None")
+
+
+def _legacy_keys(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before the ``shapes`` section had ``data.shapes_train`` (0 = never generate),
+    ``data.shapes_val``, ...: read them as the section (so old run folders still load)."""
+    if not any(k.startswith("data.shapes_") for k in overrides):
+        return overrides
+    out = {k: v for k, v in overrides.items() if not k.startswith("data.shapes_")}
+    old = {k.removeprefix("data.shapes_"): v for k, v in overrides.items() if k.startswith("data.shapes_")}
+    if "train" in old and _coerce(old["train"], int, "data.shapes_train") <= 0:
+        out["shapes"] = None
+    else:
+        out.update({f"shapes.{k}": v for k, v in old.items()})
+    return out
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Apply flat ``{"section.key": value}`` overrides; unknown keys list the valid ones.
 
-    Overrides that give the data paths (any of :data:`DATA_PATH_KEYS`) without any ``data.shapes_*`` key
-    also set ``data.shapes_train=0``: the four paths alone point any preset at the user's data, and the
+    ``{"shapes": None}`` (``shapes=none`` on the command line) removes the optional ``shapes`` section;
+    a ``shapes.*`` key adds it. Overrides that give the data paths (any of :data:`DATA_PATH_KEYS`) without
+    any ``shapes`` key also remove it: the four paths alone point any preset at the user's data, and the
     generated shapes set is then neither made nor checked.
     """
-    if any(k in overrides for k in DATA_PATH_KEYS) and not any(k.startswith("data.shapes_") for k in overrides):
-        overrides = {**overrides, "data.shapes_train": 0}
+    overrides = _legacy_keys(overrides)
+    if any(k in overrides for k in DATA_PATH_KEYS) and not any(k.split(".")[0] == "shapes" for k in overrides):
+        overrides = {"shapes": None, **overrides}
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if section not in sections:
             raise FcoslabError(f"unknown config section '{section}' in '{dotted}'; valid sections: "
                                + ", ".join(sections))
+        if section in OPTIONAL_SECTIONS and not key:
+            if value not in _NONE:
+                raise FcoslabError(f"config key '{section}' alone can only be none (to remove the section); "
+                                   f"set its keys as {section}.KEY=VALUE")
+            sections[section] = None
+            continue
         sub = sections[section]
+        if sub is None and section in OPTIONAL_SECTIONS:
+            sub = OPTIONAL_SECTIONS[section]()
         hints = typing.get_type_hints(type(sub))
         if key not in hints:
             raise FcoslabError(f"unknown config key '{dotted}'; valid keys in '{section}': "
@@ -223,6 +256,9 @@ def flatten(tree: dict, where: str) -> dict[str, Any]:
     flat = {}
     for section, values in tree.items():
         if section.startswith("_"):  # "_doc" and similar comments
+            continue
+        if values is None and section in OPTIONAL_SECTIONS:
+            flat[section] = None
             continue
         if not isinstance(values, dict):
             raise FcoslabError(f"{where}: section '{section}' must be an object of keys, got {values!r}")

@@ -117,7 +117,7 @@ class Trainer:
             self.folder.check_writable()
         torch.manual_seed(cfg.train.seed)
         if dist.is_main():
-            ensure_shapes(cfg.data)  # the generated set, where the config asks for it
+            ensure_shapes(cfg.data, cfg.shapes)  # the generated set, where the config asks for it
         dist.barrier()
         self.train_set, self.val_set = build_datasets(cfg)
         self.index = self.train_set.index
