@@ -62,7 +62,7 @@ class ModelConfig:
     head_norm: str = "gn"  # gn | none
     centerness: bool = True
     regression: str = "relu_stride"  # exp | relu_stride
-    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)  # P3-P7; (8, 16, 32) = P3-P5 only
     point_offset: float = 0.5
     prior_prob: float = 0.01
     channels_last: bool = False
@@ -333,9 +333,9 @@ def validate(cfg: Config) -> None:
     if len(cfg.assign.regress_ranges) != len(m.strides):
         raise FcoslabError(f"config key 'assign.regress_ranges' has {len(cfg.assign.regress_ranges)} ranges "
                            f"but model.strides has {len(m.strides)} levels")
-    if m.strides != (8, 16, 32, 64, 128):
-        raise FcoslabError(f"config key 'model.strides': FCOS uses P3-P7, strides (8, 16, 32, 64, 128); "
-                           f"got {m.strides}")
+    if m.strides not in ((8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 128)):
+        raise FcoslabError(f"config key 'model.strides': the levels are P3-P5 from the backbone and up to two more "
+                           f"(P6, P7): (8, 16, 32), (8, 16, 32, 64) or (8, 16, 32, 64, 128); got {m.strides}")
     if m.fpn_channels < 2 or m.fpn_channels % 2:
         raise FcoslabError(f"config key 'model.fpn_channels' must be an even number of at least 2, got {m.fpn_channels}")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),

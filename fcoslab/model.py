@@ -158,15 +158,17 @@ def load_pretrained_backbone(model: "FCOS", cfg: ModelConfig) -> None:
 
 
 class FPN(nn.Module):
-    """Feature pyramid P3-P7 from C3-C5; P6 from P5 (or C5) by a stride-2 conv, P7 from relu(P6)."""
+    """Feature pyramid P3-P5 from C3-C5, then ``extra_levels`` (0-2) more: P6 from P5 (or C5) by a
+    stride-2 conv, P7 from relu(P6)."""
 
-    def __init__(self, in_channels: tuple[int, int, int], channels: int, p6_from: str):
+    def __init__(self, in_channels: tuple[int, int, int], channels: int, p6_from: str, extra_levels: int = 2):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
         self.p6_from = p6_from
-        self.p6 = nn.Conv2d(channels if p6_from == "p5" else in_channels[-1], channels, 3, stride=2, padding=1)
-        self.p7 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.p6 = (nn.Conv2d(channels if p6_from == "p5" else in_channels[-1], channels, 3, stride=2, padding=1)
+                   if extra_levels >= 1 else None)
+        self.p7 = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if extra_levels >= 2 else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
@@ -179,9 +181,11 @@ class FPN(nn.Module):
             lateral = self.lateral[i](feats[i])
             inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
             outs.insert(0, self.output[i](inner))
-        p6 = self.p6(outs[-1] if self.p6_from == "p5" else feats[-1])
-        p7 = self.p7(F.relu(p6))
-        return outs + [p6, p7]
+        if self.p6 is not None:
+            outs.append(self.p6(outs[-1] if self.p6_from == "p5" else feats[-1]))
+        if self.p7 is not None:
+            outs.append(self.p7(F.relu(outs[-1])))
+        return outs
 
 
 class Scale(nn.Module):
@@ -256,7 +260,7 @@ class FCOS(nn.Module):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
         self.backbone = Backbone(cfg)
-        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.p6_from)
+        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.p6_from, extra_levels=len(cfg.strides) - 3)
         self.head = Head(cfg, num_classes)
         self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)

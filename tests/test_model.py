@@ -98,3 +98,30 @@ def test_pretrained_backbone_loads_after_the_model_is_built(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(FcoslabError, match="do not fit the backbone"):
         load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(tmp_path / "other.pth")}).model)
+
+
+@pytest.mark.parametrize("strides", [(8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 128)])
+def test_strides_choose_the_pyramid_levels(strides):
+    ranges = [[-1, 32], [32, 64], [64, 128], [128, 256], [256, 1e8]][: len(strides)]
+    cfg = load_config("shapes", {"model.strides": list(strides), "assign.regress_ranges": ranges})
+    model = build_model(cfg, 4)
+    out = model(torch.rand(1, 3, 128, 128))
+    assert out["level_sizes"] == [(128 // s, 128 // s) for s in strides]
+    assert out["cls_logits"].shape[1] == sum((128 // s) ** 2 for s in strides)
+    assert (model.fpn.p7 is None) == (len(strides) < 5) and (model.fpn.p6 is None) == (len(strides) < 4)
+    assert len(model.head.scales) == len(strides)
+    from fcoslab.decode import decode
+    from fcoslab.loss import FCOSCriterion
+
+    terms, stats = FCOSCriterion(cfg.assign, cfg.loss)(out, torch.tensor([[[10.0, 10.0, 90.0, 70.0]]]),
+                                                       torch.tensor([[1]]))
+    assert torch.isfinite(terms["loss"]) and stats["num_pos"] > 0
+    size = torch.tensor([[128, 128]])
+    assert len(decode(out, size, size, cfg.decode)) == 1
+
+
+@pytest.mark.parametrize("strides", [[4, 8, 16, 32, 64], [8, 16, 32, 64, 128, 256], [8, 16]])
+def test_other_strides_are_refused_by_name(strides):
+    ranges = [[0, 1e8]] * len(strides)
+    with pytest.raises(FcoslabError, match="model.strides"):
+        load_config("shapes", {"model.strides": strides, "assign.regress_ranges": ranges})
