@@ -48,8 +48,19 @@ def check_coco_dict(data, source: str) -> dict:
             raise FcoslabError(f"{source}: missing key '{key}' (a COCO file needs images, annotations, categories)")
         if not isinstance(data[key], list):
             raise FcoslabError(f"{source}: '{key}' must be a list, got {type(data[key]).__name__}")
+    categories = _check_categories(data["categories"], source)
+    images = _check_images(data["images"], source)
+    annotations = _check_annotations(data["annotations"], {im["id"] for im in images},
+                                     {c["id"] for c in categories}, source)
+    out = {"images": images, "annotations": annotations, "categories": categories}
+    if isinstance(data.get("info"), dict):
+        out["info"] = data["info"]
+    return out
+
+
+def _check_categories(items: list, source: str) -> list[dict]:
     categories, cat_ids = [], set()
-    for i, c in enumerate(data["categories"]):
+    for i, c in enumerate(items):
         if not isinstance(c, dict) or not _is_id(c.get("id")):
             raise FcoslabError(f"{source}: categories[{i}] needs an integer 'id', got {c!r:.80}")
         if c["id"] in cat_ids:
@@ -59,8 +70,12 @@ def check_coco_dict(data, source: str) -> dict:
                            "supercategory": str(c.get("supercategory", ""))})
     if not categories:
         raise FcoslabError(f"{source}: 'categories' is empty")
+    return categories
+
+
+def _check_images(items: list, source: str) -> list[dict]:
     images, image_ids = [], set()
-    for i, im in enumerate(data["images"]):
+    for i, im in enumerate(items):
         if not isinstance(im, dict) or not _is_id(im.get("id")):
             raise FcoslabError(f"{source}: images[{i}] needs an integer 'id', got {im!r:.80}")
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
@@ -72,8 +87,12 @@ def check_coco_dict(data, source: str) -> dict:
                 raise FcoslabError(f"{source}: images[{i}] (id {im['id']}) has invalid '{key}' {im[key]!r}")
         image_ids.add(im["id"])
         images.append(dict(im))
+    return images
+
+
+def _check_annotations(items: list, image_ids: set, cat_ids: set, source: str) -> list[dict]:
     annotations = []
-    for i, a in enumerate(data["annotations"]):
+    for i, a in enumerate(items):
         where = f"{source}: annotations[{i}]"
         if not isinstance(a, dict):
             raise FcoslabError(f"{where} must be an object, got {type(a).__name__}")
@@ -97,10 +116,7 @@ def check_coco_dict(data, source: str) -> dict:
     if len(set(map(repr, ids))) != len(ids):  # pycocotools indexes annotations by id
         for k, a in enumerate(annotations):
             a["id"] = k + 1
-    out = {"images": images, "annotations": annotations, "categories": categories}
-    if isinstance(data.get("info"), dict):
-        out["info"] = data["info"]
-    return out
+    return annotations
 
 
 def read_coco_json(path: str | Path) -> dict:
