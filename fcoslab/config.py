@@ -233,6 +233,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
             raise FcoslabError(f"unknown config section '{section}' in '{dotted}'; valid sections: "
                                + ", ".join(sections))
         if section in OPTIONAL_SECTIONS and not key:
+            if isinstance(value, dict) and not value:
+                sections[section] = OPTIONAL_SECTIONS[section]()
+                continue
             if value not in _NONE:
                 raise FcoslabError(f"config key '{section}' alone can only be none (to remove the section); "
                                    f"set its keys as {section}.KEY=VALUE")
@@ -257,8 +260,8 @@ def flatten(tree: dict, where: str) -> dict[str, Any]:
     for section, values in tree.items():
         if section.startswith("_"):  # "_doc" and similar comments
             continue
-        if values is None and section in OPTIONAL_SECTIONS:
-            flat[section] = None
+        if section in OPTIONAL_SECTIONS and (values is None or values == {}):
+            flat[section] = values  # None: no section; {}: the section with its defaults
             continue
         if not isinstance(values, dict):
             raise FcoslabError(f"{where}: section '{section}' must be an object of keys, got {values!r}")

@@ -49,6 +49,14 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (e.g. BatchNorm statistics, which each process updates from
+    its own batches when SyncBatchNorm is unavailable)."""
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

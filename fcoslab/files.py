@@ -16,9 +16,13 @@ def atomic_write(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
-        raise FcoslabError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} (if any) is intact") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else e
+        raise FcoslabError(f"cannot write {path}: {reason}; the previous {path.name} (if any) is intact") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, obj) -> None:

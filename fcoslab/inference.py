@@ -104,7 +104,7 @@ def choose_precision(amp: str, device: torch.device) -> Precision:
         return Precision(None, "train.amp=off")
     if device.type == "cuda":
         if amp == "auto":
-            if torch.cuda.is_bf16_supported():
+            if torch.cuda.is_bf16_supported(including_emulation=False):
                 return Precision(torch.bfloat16, "auto: this GPU supports bfloat16")
             return Precision(torch.float16, "auto: this GPU has no bfloat16, float16 with a gradient scaler")
         return Precision({"bf16": torch.bfloat16, "fp16": torch.float16}[amp], f"train.amp={amp}")

@@ -60,8 +60,9 @@ def resumed_config(checkpoint: dict, overrides: Optional[dict] = None) -> Config
     """A checkpoint's config with training overrides (``train.epochs=24``, ...); the model stays as it was."""
     cfg = config_from_dict(checkpoint["config"])
     if overrides:
-        if any(k.startswith("model.") for k in overrides):
-            raise FcoslabError("a resumed run keeps its model: model.* keys cannot be overridden with --resume")
+        if any(k.startswith("model.") for k in overrides) or "train.optimizer" in overrides:
+            raise FcoslabError("a resumed run keeps its model and optimizer: model.* keys and train.optimizer "
+                               "cannot be overridden with --resume")
         cfg = cfg.replace(**overrides)
         validate(cfg)
     return cfg
@@ -160,7 +161,8 @@ class Trainer:
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] and self.scaler.is_enabled():  # empty when the run was saved without float16
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
         self.history, self.nonfinite_total = list(ckpt["history"]), ckpt.get("nonfinite_total", 0)
         self.elapsed = ckpt.get("elapsed", 0.0)
@@ -248,13 +250,16 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """COCO stats on the validation set, exactly as ``fcoslab evaluate`` computes them for the saved
         checkpoint; batches are shared out over processes and the results gathered on rank 0."""
+        dist.broadcast_buffers(self.model)  # every process evaluates the model that rank 0 saves
         self.model.eval()
         changed = inference_layout(self.model, self.device)
-        evaluation = evaluate_model(self.model, self.val_set, self.cfg, self.device, self.precision,
-                                    self.rank, self.world)
-        if changed:
-            training_layout(self.model)
-        self.model.train()
+        try:
+            evaluation = evaluate_model(self.model, self.val_set, self.cfg, self.device, self.precision,
+                                        self.rank, self.world)
+        finally:
+            if changed:
+                training_layout(self.model)
+            self.model.train()
         return evaluation.stats if evaluation is not None else {}
 
     def run(self) -> list[dict]:

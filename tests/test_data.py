@@ -223,3 +223,10 @@ def test_shapes_section_is_optional_and_old_keys_still_load():
     assert config_from_dict(old).shapes is None
     old["data"].update({"shapes_train": 96, "shapes_val": 8})
     assert config_from_dict(old).shapes.train == 96 and config_from_dict(old).shapes.val == 8
+
+
+def test_an_empty_shapes_section_asks_for_the_default_set(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"data": {"train_ann": "x/train.json"}, "shapes": {}}))
+    cfg = load_config(str(path))
+    assert cfg.shapes is not None and cfg.shapes.train == 4608 and cfg.data.train_ann == "x/train.json"

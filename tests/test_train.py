@@ -63,6 +63,31 @@ def test_full_disk_keeps_the_last_good_checkpoint(shapes_dir, tmp_path, monkeypa
     assert not (tmp_path / "run" / "last.pt.tmp").exists()
 
 
+def test_a_failed_write_of_any_kind_leaves_the_old_file(tmp_path):
+    from fcoslab.files import atomic_write
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"good")
+
+    def writer_fails(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file data/0")
+
+    with pytest.raises(FcoslabError, match="PytorchStreamWriter failed.*intact"):
+        atomic_write(target, writer_fails)
+    assert target.read_bytes() == b"good" and not (tmp_path / "last.pt.tmp").exists()
+
+
+def test_resume_keeps_model_and_optimizer():
+    from fcoslab.train import resumed_config
+
+    saved = {"config": load_config("shapes").to_dict()}
+    assert resumed_config(saved, {"train.epochs": 9}).train.epochs == 9
+    for key, value in (("model.fpn_channels", 32), ("train.optimizer", "sgd")):
+        with pytest.raises(FcoslabError, match="cannot be overridden with --resume"):
+            resumed_config(saved, {key: value})
+
+
 def test_nonfinite_losses_stop_training_and_keep_the_checkpoint(shapes_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--quiet", "--out", str(run), "--set", *set_args(shapes_dir)]) == 0
