@@ -200,11 +200,11 @@ def torchvision_fcos(num_classes: int, image_size: int, kind: str = "r18") -> FC
         from torchvision.models.detection.fcos import FCOSHead
 
         from fcoslab.config import load_config
-        from fcoslab.model import _resnet
+        from fcoslab.model import build_resnet
 
         cfg = load_config("shapes")
         width, channels, size = cfg.model.backbone_width, cfg.model.fpn_channels, cfg.data.max_size
-        body = _resnet(cfg.model.backbone, None, nn.BatchNorm2d, width)
+        body = build_resnet(cfg.model.backbone, nn.BatchNorm2d, width)
         backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"},
                                    [2 * width, 4 * width, 8 * width], channels,
                                    extra_blocks=LastLevelP6P7(channels, channels), norm_layer=None)

@@ -78,6 +78,9 @@ def native_cpu_bf16() -> tuple[bool, str]:
     return True, "oneDNN reports native bfloat16 on this CPU"
 
 
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class Precision:
     """The autocast dtype a run uses on a device (None: float32), and the reason, for the log."""
@@ -107,10 +110,10 @@ def choose_precision(amp: str, device: torch.device) -> Precision:
             if torch.cuda.is_bf16_supported(including_emulation=False):
                 return Precision(torch.bfloat16, "auto: this GPU supports bfloat16")
             return Precision(torch.float16, "auto: this GPU has no bfloat16, float16 with a gradient scaler")
-        return Precision({"bf16": torch.bfloat16, "fp16": torch.float16}[amp], f"train.amp={amp}")
+        return Precision(_AMP_DTYPES[amp], f"train.amp={amp}")
     if device.type != "cpu":
         return Precision(None, f"auto: float32 on {device.type}") if amp == "auto" else \
-            Precision({"bf16": torch.bfloat16, "fp16": torch.float16}[amp], f"train.amp={amp}")
+            Precision(_AMP_DTYPES[amp], f"train.amp={amp}")
     native, why = native_cpu_bf16()
     if amp == "auto":
         return Precision(torch.bfloat16 if native else None, f"auto: {why}")
@@ -124,6 +127,11 @@ def choose_precision(amp: str, device: torch.device) -> Precision:
     return Precision(torch.float16, "train.amp=fp16")
 
 
+def channels_last_inference(device: torch.device) -> bool:
+    """Whether inference on ``device`` runs channels-last (see :func:`inference_layout`)."""
+    return device.type == "cpu"
+
+
 def inference_layout(model: torch.nn.Module, device: torch.device) -> bool:
     """Put ``model`` in the memory layout that inference uses on ``device`` (in place); True if it changed.
 
@@ -132,7 +140,7 @@ def inference_layout(model: torch.nn.Module, device: torch.device) -> bool:
     keeps the default layout, which trained faster; :func:`training_layout` restores it. The trainer's
     evaluations use this layout too, so that they equal ``fcoslab evaluate`` to the last digit.
     """
-    if device.type != "cpu" or getattr(model.cfg, "channels_last", False):
+    if not channels_last_inference(device) or getattr(model.cfg, "channels_last", False):
         return False
     model.to(memory_format=torch.channels_last)
     return True
@@ -149,7 +157,7 @@ def predict_batches(model, batches, cfg, device: torch.device, precision: Precis
 
     Yields ``(image_id, detections)`` on the CPU, detections as :func:`fcoslab.decode.decode` returns them.
     """
-    channels_last = device.type == "cpu"
+    channels_last = channels_last_inference(device)
     for batch in batches:
         images = batch["images"].to(device, non_blocking=True)
         if channels_last:

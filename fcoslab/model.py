@@ -33,7 +33,7 @@ def backbone_channels(name: str, width: int = 64) -> tuple[int, int, int]:
     return 2 * width * expansion, 4 * width * expansion, 8 * width * expansion
 
 
-def _resnet(name: str, weights, norm_layer, width: int = 64) -> nn.Module:
+def build_resnet(name: str, norm_layer, width: int = 64) -> nn.Module:
     """torchvision's ResNets; ``resnet10`` is torchvision's ResNet class with one BasicBlock per stage
     (half of ResNet-18), for small experiments on a CPU. It has no pretrained weights.
 
@@ -54,7 +54,7 @@ def _resnet(name: str, weights, norm_layer, width: int = 64) -> nn.Module:
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         return net
-    return getattr(torchvision.models, name)(weights=weights, norm_layer=norm_layer)
+    return getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer)
 
 
 class _ConvThenFrozenBN(nn.Conv2d):
@@ -76,9 +76,9 @@ class _FoldedFrozenBN(FrozenBatchNorm2d):
         return x
 
 
-def fold_frozen_bn(net: nn.Module) -> int:
-    """Fold every FrozenBatchNorm2d of a torchvision ResNet into the convolution before it (in place);
-    returns the number folded. Outputs are equal up to float rounding."""
+def fold_frozen_bn(net: nn.Module) -> None:
+    """Fold every FrozenBatchNorm2d of a torchvision ResNet into the convolution before it (in place).
+    Outputs are equal up to float rounding."""
     pairs = [(net.conv1, net.bn1)]
     for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in stage:
@@ -89,7 +89,6 @@ def fold_frozen_bn(net: nn.Module) -> int:
         if type(conv) is nn.Conv2d and type(bn) is FrozenBatchNorm2d and conv.bias is None:
             conv.__class__, bn.__class__ = _ConvThenFrozenBN, _FoldedFrozenBN
             conv.folded_bn = (bn,)  # a tuple: not registered as a submodule, so no duplicate state_dict keys
-    return len(pairs)
 
 
 class Backbone(nn.Module):
@@ -98,7 +97,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
-        net = _resnet(cfg.backbone, None, norm, cfg.backbone_width)
+        net = build_resnet(cfg.backbone, norm, cfg.backbone_width)
         if cfg.frozen_bn:
             fold_frozen_bn(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)

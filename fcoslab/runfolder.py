@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import FcoslabError
-from .files import atomic_write, describe_load_error, write_json  # noqa: F401 (write_json: API)
+from .files import atomic_write, describe_load_error, write_json
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -66,9 +66,6 @@ class RunFolder:
         self.path = Path(path)
         self.config, self.checkpoint, self.history_file = (self.path / self.CONFIG, self.path / self.CHECKPOINT,
                                                            self.path / self.HISTORY)
-
-    def __str__(self) -> str:
-        return str(self.path)
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()

@@ -16,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist
-from .runfolder import RunFolder, read_history, rng_state, set_rng_state  # noqa: F401 (read_history: API)
+from .runfolder import RunFolder, rng_state, set_rng_state
 from .config import Config, TrainConfig, config_from_dict, validate
 from .datasets import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
 from .errors import FcoslabError
@@ -111,15 +111,14 @@ class Trainer:
     def __init__(self, cfg: Config, out: str | Path, progress: bool = True,
                  on_step: Optional[Callable[[dict], None]] = None, on_eval: Optional[Callable[[dict], None]] = None,
                  checkpoint: Optional[dict] = None):
-        self.cfg, self.out, self.folder = cfg, Path(out), RunFolder(out)
+        self.cfg, self.folder = cfg, RunFolder(out)
         self.progress, self.on_step, self.on_eval = progress, on_step, on_eval
         self.device, self.rank, self.world = setup_device(cfg.train)
         if dist.is_main():
             self.folder.check_writable()
-        torch.manual_seed(cfg.train.seed)
-        if dist.is_main():
             ensure_shapes(cfg.data, cfg.shapes)  # the generated set, where the config asks for it
         dist.barrier()
+        torch.manual_seed(cfg.train.seed)
         self.train_set, self.val_set = build_datasets(cfg)
         self.index = self.train_set.index
         self.model = build_training_model(cfg, cfg.model.num_classes or self.index.num_classes, self.device,
@@ -167,7 +166,7 @@ class Trainer:
         self.history, self.nonfinite_total = list(ckpt["history"]), ckpt.get("nonfinite_total", 0)
         self.elapsed = ckpt.get("elapsed", 0.0)
         set_rng_state(ckpt["rng"])
-        log.info("resumed %s at epoch %d, step %d", self.out, self.epoch, self.step)
+        log.info("resumed %s at epoch %d, step %d", self.folder.path, self.epoch, self.step)
 
     def save(self) -> None:
         if dist.is_main():

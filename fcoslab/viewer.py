@@ -17,7 +17,7 @@ from .boxes import box_iou
 from .datasets import CocoDetection, read_image
 from .decode import one_class_per_object
 from .draw import FP, MISSED, TP, draw_labelled_box
-from .predict import Predictor
+from .inference import Predictor
 
 
 

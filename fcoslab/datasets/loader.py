@@ -53,11 +53,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
                  start_batch: int = 0, epoch_length: int = 0):
         self.length, self.batch_size, self.rank, self.world = length, batch_size, rank, world
         self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
-        self.epoch_length = max(epoch_length or length, batch_size)
-        self.num_batches = self.epoch_length // batch_size
-        # One pass per epoch (the remainder of a pass is dropped), or a continuous stream of passes.
-        self.first = epoch * (length if self.epoch_length == length and not epoch_length else
-                              self.num_batches * batch_size)
+        self.num_batches = max(epoch_length or length, batch_size) // batch_size
+        one_pass = not epoch_length and length >= batch_size  # the rest of each pass is dropped
+        # position of this epoch's first sample in the stream
+        self.first = epoch * (length if one_pass else self.num_batches * batch_size)
         self.per_rank = batch_size // world
 
     def __len__(self) -> int:
@@ -68,15 +67,14 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         return torch.randperm(self.length, generator=g).tolist()
 
     def __iter__(self):
-        first = self.first  # position of this epoch's first sample in the stream
-        orders: dict[int, list[int]] = {}
+        orders: dict[int, list[int]] = {}  # the passes this epoch touches
         for b in range(self.start_batch, self.num_batches):
-            lo = first + b * self.batch_size + self.rank * self.per_rank
+            lo = self.first + b * self.batch_size + self.rank * self.per_rank
             batch = []
             for q in range(lo, lo + self.per_rank):
                 n = q // self.length
                 if n not in orders:
-                    orders = {n: self._pass_order(n), **{k: v for k, v in orders.items() if k == n - 1}}
+                    orders[n] = self._pass_order(n)
                 i = orders[n][q % self.length]
                 batch.append((i, (self.seed * 1000003 + n) * 10000019 + i))
             yield batch
