@@ -37,11 +37,11 @@ def _free_port() -> int:
 def write_viewer_notebook(folder: Path, params: dict) -> Path:
     """Notebook 05 with ``params`` injected after its parameters cell, written into ``folder``."""
     import nbformat
+    from papermill.parameterize import parameterize_notebook
 
-    from .notebooks import NOTEBOOK_DIR, inject_parameters
+    from .notebooks import NOTEBOOK_DIR
 
-    nb = nbformat.read(NOTEBOOK_DIR / NOTEBOOK, as_version=4)
-    inject_parameters(nb, params)
+    nb = parameterize_notebook(nbformat.read(NOTEBOOK_DIR / NOTEBOOK, as_version=4), params)
     folder.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, folder / NOTEBOOK)
     return folder / NOTEBOOK

@@ -17,6 +17,25 @@ from typing import Any, Optional
 from .errors import FcoslabError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+# Relative file paths in a config mean: for a preset, the project folder (the checkout fcoslab runs from, else
+# the working directory); for a config file, that file's folder; for overrides, the working directory.
+# load_config stores them absolute, so a run's config.json works from anywhere.
+
+
+def project_root() -> Path:
+    """The source checkout fcoslab is imported from (where ``data/`` and ``runs/`` live), else the working
+    directory (an installed fcoslab)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "fcoslab").is_dir():
+        return checkout
+    return Path.cwd()
+
+
+def anchor_paths(flat: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``flat`` with the relative paths of :data:`PATH_KEYS` made absolute against ``base``."""
+    def anchored(value):
+        return str(Path(base, value).resolve()) if isinstance(value, str) and value else value
+    return {k: anchored(v) if k in PATH_KEYS else v for k, v in flat.items()}
 
 
 @dataclass(frozen=True)
@@ -197,6 +216,7 @@ def _parse_scalar(text: str) -> Any:
 
 
 DATA_PATH_KEYS = ("data.train_ann", "data.train_images", "data.val_ann", "data.val_images")
+PATH_KEYS = DATA_PATH_KEYS + ("model.backbone_weights",)  # anchored by load_config (see project_root)
 OPTIONAL_SECTIONS = {"shapes": ShapesConfig}
 _NONE = (None, "none", "null", "None")
 
@@ -291,15 +311,17 @@ def load_config(name_or_path: str = "shapes", overrides: Optional[list[str] | di
     if path.suffix == ".json" or path.exists():
         if not path.exists():
             raise FcoslabError(f"config file {path} does not exist; presets: {', '.join(list_presets())}")
-        tree, where = read_config_file(path), str(path)
+        tree, where, base = read_config_file(path), str(path), path.resolve().parent
     elif (PRESET_DIR / f"{name_or_path}.json").exists():
         tree, where = read_config_file(PRESET_DIR / f"{name_or_path}.json"), f"preset {name_or_path}"
+        base = project_root()
     else:
         raise FcoslabError(f"unknown preset '{name_or_path}'; presets: {', '.join(list_presets())} "
                            "(or give a path to a .json config)")
-    cfg = apply_overrides(Config(), flatten(tree, where))
+    cfg = apply_overrides(Config(), anchor_paths(flatten(tree, where), base))
     if overrides:
-        cfg = apply_overrides(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+        overrides = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        cfg = apply_overrides(cfg, anchor_paths(overrides, Path.cwd()))
     validate(cfg)
     return cfg
 

@@ -3,89 +3,56 @@
     python -m fcoslab.notebooks run --out outputs/notebooks [--run runs/shapes] [--only 01 02]
     python -m fcoslab.notebooks figures [--executed outputs/notebooks] [--out docs/figures]
 
-executes ``notebooks/0*.ipynb`` in order with nbclient (cwd = the project root), each with its
-``parameters`` cell followed by an injected cell of overrides (papermill style), and writes the
-executed notebooks and every figure they produced under ``--out``.
+executes ``notebooks/0*.ipynb`` in order with papermill, in the notebooks' own folder as JupyterLab does
+(presets find their data wherever the notebook runs: see :func:`fcoslab.config.project_root`), and writes
+the executed notebooks and every figure they produced under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def use_project_root() -> Path:
-    """Make the project root the working directory, where the presets' relative data paths point
-    (JupyterLab starts notebooks in notebooks/): the first folder above the working directory that
-    holds the project, else the project this fcoslab was imported from."""
-    here = Path.cwd()
-    for candidate in (here, *here.parents, ROOT):
-        if (candidate / "pyproject.toml").exists() and (candidate / "fcoslab").is_dir():
-            os.chdir(candidate)
-            return candidate
-    return here
+def declared_parameters(path: Path) -> set[str]:
+    """The names the notebook's cell tagged ``parameters`` assigns (papermill's convention)."""
+    import papermill
 
-
-def parameter_names(nb) -> set[str]:
-    """The names the notebook's ``parameters`` cell assigns."""
-    import ast
-
-    cell = next((c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
-        raise ValueError("notebook has no cell tagged 'parameters'")
-    tree = ast.parse(cell.source)
-    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
-
-
-def inject_parameters(nb, params: dict, only_known: bool = False) -> None:
-    """Insert a cell assigning ``params`` right after the cell tagged ``parameters`` (papermill's
-    convention: the injected cell is tagged ``injected-parameters``). With ``only_known``, parameters the
-    notebook does not declare are left out, so one set of parameters can be offered to every notebook."""
-    import nbformat
-
-    if only_known:
-        params = {k: v for k, v in params.items() if k in parameter_names(nb)}
-    if not params:
-        return
-    index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if index is None:
-        raise ValueError("notebook has no cell tagged 'parameters'")
-    source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
-    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    nb.cells.insert(index + 1, cell)
+    return set(papermill.inspect_notebook(str(path)))
 
 
 def execute_notebook(path: Path, out_dir: Path, params: Optional[dict] = None, timeout: int = 1200,
                      only_known: bool = False) -> Path:
-    """Execute one notebook; writes ``OUT/NAME.ipynb`` and ``OUT/figures/NAME_k.png``. Raises on a cell error."""
-    import nbformat
-    from nbclient import NotebookClient
+    """Execute one notebook with papermill (``params`` injected after its ``parameters`` cell; with
+    ``only_known``, those it does not declare are left out, so one set can be offered to every notebook).
 
-    nb = nbformat.read(path, as_version=4)
-    inject_parameters(nb, params or {}, only_known)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
-    try:
-        client.execute()
-    finally:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, out_dir / path.name)
+    Writes ``OUT/NAME.ipynb`` (also when a cell fails, which raises) and ``OUT/figures/NAME_k.png``.
+    """
+    import nbformat
+    import papermill
+
+    params = dict(params or {})
+    if only_known:
+        params = {k: v for k, v in params.items() if k in declared_parameters(path)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = out_dir / path.name
+    papermill.execute_notebook(str(path), str(written), parameters=params, cwd=str(path.parent),
+                               kernel_name="python3", progress_bar=False, execution_timeout=timeout)
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
     k = 0
-    for cell in nb.cells:
+    for cell in nbformat.read(written, as_version=4).cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if "image/png" in data:
                 (figures / f"{path.stem}_{k}.png").write_bytes(base64.b64decode(data["image/png"]))
                 k += 1
-    return out_dir / path.name
+    return written
 
 
 def notebook_paths(only: Optional[list[str]] = None) -> list[Path]:
@@ -175,7 +142,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"wrote {path}")
         return 0
     # offered to every notebook; each takes the ones its parameters cell declares
-    params = {"RUN_DIR": args.run, "RUNS": [args.run], "RESUME_IF_PRESENT": True} if args.run else {}
+    run_dir = str(Path(args.run).resolve()) if args.run else None  # the notebooks run in their own folder
+    params = {"RUN_DIR": run_dir, "RUNS": [run_dir], "RESUME_IF_PRESENT": True} if args.run else {}
     for path in notebook_paths(args.only):
         print(f"running {path.name} ...", flush=True)
         written = execute_notebook(path, Path(args.out), params, args.timeout, only_known=True)

@@ -54,3 +54,19 @@ def test_config_roundtrip_through_dict():
     cfg = load_config("imprv_coco_1x", ["train.epochs=2"])
     again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and isinstance(again, Config)
+
+
+def test_relative_paths_are_anchored_where_they_were_written(tmp_path, monkeypatch):
+    """A preset's data lives in the project, a config file's next to the file, an override's in the cwd."""
+    from fcoslab.config import project_root
+
+    monkeypatch.chdir(tmp_path)
+    preset = load_config("shapes")
+    assert preset.data.train_ann == str(project_root() / "data" / "shapes" / "train.json")
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "mine.json").write_text('{"data": {"train_ann": "ann/train.json"}}')
+    from_file = load_config(str(tmp_path / "cfgs" / "mine.json"))
+    assert from_file.data.train_ann == str(tmp_path / "cfgs" / "ann" / "train.json")
+    overridden = load_config("seed_coco_2x", ["data.val_ann=v.json", "model.backbone_weights=w.pth"])
+    assert overridden.data.val_ann == str(tmp_path / "v.json")
+    assert overridden.model.backbone_weights == str(tmp_path / "w.pth")

@@ -56,16 +56,26 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
-def test_parameters_go_only_where_a_notebook_declares_them():
+def test_parameters_go_only_where_a_notebook_declares_them(tmp_path, monkeypatch):
+    """The runner offers RUN_DIR, RUNS and RESUME_IF_PRESENT to every notebook; each gets what it declares."""
     import nbformat
+    import papermill
 
-    from fcoslab.notebooks import inject_parameters, notebook_paths, parameter_names
+    from fcoslab import notebooks
 
-    offered = {"RUN_DIR": "runs/x", "RUNS": ["runs/x"], "RESUME_IF_PRESENT": True}
-    for path in notebook_paths(["03", "04", "05"]):
-        nb = nbformat.read(path, as_version=4)
-        declared = parameter_names(nb)
-        inject_parameters(nb, offered, only_known=True)
-        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-        names = {line.split(" = ")[0] for line in injected[0].source.splitlines()}
-        assert names == declared & set(offered) and names, (path.name, names)
+    calls = {}
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda src, dst, parameters, **kw: calls.setdefault(Path(src).name[:2], (parameters, kw)))
+    monkeypatch.setattr(nbformat, "read", lambda *a, **k: nbformat.v4.new_notebook())  # nothing was executed
+    offered = {"RUN_DIR": "/r", "RUNS": ["/r"], "RESUME_IF_PRESENT": True}
+    for path in notebook_paths(["01", "03", "04", "05"]):
+        execute_notebook(path, tmp_path, offered, only_known=True)
+    assert set(calls["01"][0]) == set()
+    assert set(calls["03"][0]) == {"RUN_DIR", "RESUME_IF_PRESENT"}
+    assert set(calls["04"][0]) == {"RUNS"} and set(calls["05"][0]) == {"RUN_DIR"}
+    assert all(kw["cwd"] == str(notebooks.NOTEBOOK_DIR) for _, kw in calls.values())  # where JupyterLab runs them
+
+
+def test_notebooks_do_not_change_directory():
+    for path in notebook_paths():
+        assert "chdir" not in path.read_text() and "use_project_root" not in path.read_text(), path
