@@ -27,20 +27,28 @@ def _colour(label: int) -> tuple[float, float, float]:
     return tuple(c / 255 for c in class_colour(label))
 
 
+def _image_grid(n: int, cols: int):
+    rows = max(1, (n + cols - 1) // cols)
+    return plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+
+
+def _finish_grid(fig, axes):
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 def show_samples(dataset: CocoDetection, n: int = 8, cols: int = 4, start: int = 0):
     """A grid of images with their ground-truth boxes and class names."""
-    rows = max(1, (n + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig, axes = _image_grid(n, cols)
     for ax, i in zip(axes.flat, range(start, start + n)):
         info = dataset.images[i % len(dataset)]
         ax.imshow(dataset.load_image(i % len(dataset)))
         boxes, labels = dataset.targets[info["id"]]
         draw_boxes(ax, boxes, labels, dataset.index.names)
         ax.set_title(f"{info['file_name']} ({len(boxes)} objects)", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
+    return _finish_grid(fig, axes)
 
 
 def plot_dataset_stats(dataset: CocoDetection, cfg: Config):
@@ -168,8 +176,7 @@ def show_predictions(predictor, dataset: CocoDetection, n: int = 8, cols: int = 
                      one_class: bool = True):
     """Predictions (solid, with scores) over ground truth (dashed) for the first ``n`` images; with
     ``one_class``, only the best of overlapping boxes of different classes is drawn."""
-    rows = max(1, (n + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    fig, axes = _image_grid(n, cols)
     images = [dataset.load_image(i) for i in range(min(n, len(dataset)))]
     for ax, image, i, det in zip(axes.flat, images, range(n), predictor(images)):
         if one_class:
@@ -180,10 +187,7 @@ def show_predictions(predictor, dataset: CocoDetection, n: int = 8, cols: int = 
         keep = det["scores"] >= score
         draw_boxes(ax, det["boxes"][keep], det["labels"][keep], predictor.class_names, scores=det["scores"][keep])
         ax.set_title(f"{dataset.images[i]['file_name']}: {int(keep.sum())} detections", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
+    return _finish_grid(fig, axes)
 
 
 def assignment_widget(dataset: CocoDetection, cfg: Config):
