@@ -12,7 +12,7 @@ import torch
 
 from .config import Config
 from .datasets import CocoDetection, build_transforms, check_coco_dict
-from .points import level_sizes, make_points
+from .points import level_sizes, make_points, point_input_size
 from .targets import fcos_targets
 
 
@@ -31,10 +31,11 @@ def class_counts(dataset: CocoDetection) -> dict[str, int]:
     return {name: counts.get(i, 0) for i, name in enumerate(dataset.index.names)}
 
 
-def data_report(ann_file: str | Path, image_dir: str | Path) -> tuple[str, list[str]]:
+def data_report(ann_file: str | Path, image_dir: str | Path, data: Optional[dict] = None) -> tuple[str, list[str]]:
     """What ``fcoslab check-data`` prints: a summary line and the problems found in an annotation file and
-    its images, as sentences (empty: none found). A file that cannot be used raises FcoslabError."""
-    ds = CocoDetection(ann_file, image_dir)
+    its images, as sentences (empty: none found). A file that cannot be used raises FcoslabError.
+    ``data``: a COCO dict already in memory (e.g. converted from VOC), then ``ann_file`` only names it."""
+    ds = CocoDetection(ann_file, image_dir, data=data)
     problems = []
     r = ds.box_report
     if r["clipped"]:
@@ -72,8 +73,10 @@ def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dic
     image, target = build_transforms(cfg.data, train=False)(*dataset.raw_item(index))
     h, w = image.shape[-2:]
     d = cfg.model.size_divisibility
-    sizes = level_sizes(-(-h // d) * d, -(-w // d) * d, cfg.model.strides)
-    points, strides = make_points(sizes, cfg.model.strides, cfg.model.point_offset)
+    H, W = -(-h // d) * d, -(-w // d) * d
+    sizes = level_sizes(H, W, cfg.model.strides)
+    points, strides = make_points(sizes, cfg.model.strides, cfg.model.point_offset, "cpu",
+                                  point_input_size(cfg.model, H, W))
     boxes = target["boxes"].as_subclass(torch.Tensor).float()
     t = fcos_targets(points, strides, sizes, boxes[None], target["labels"][None], cfg.assign)
     return {"image": image.as_subclass(torch.Tensor), "gt_boxes": boxes, "gt_labels": target["labels"], "points": points,

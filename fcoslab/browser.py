@@ -37,11 +37,12 @@ def _free_port() -> int:
 def write_viewer_notebook(folder: Path, params: dict) -> Path:
     """Notebook 05 with ``params`` injected after its parameters cell, written into ``folder``."""
     import nbformat
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     from .notebooks import NOTEBOOK_DIR
 
-    nb = parameterize_notebook(nbformat.read(NOTEBOOK_DIR / NOTEBOOK, as_version=4), params)
+    nb = parameterize_notebook(load_notebook_node(str(NOTEBOOK_DIR / NOTEBOOK)), params)
     folder.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, folder / NOTEBOOK)
     return folder / NOTEBOOK

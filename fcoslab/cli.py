@@ -1,4 +1,4 @@
-"""The ``fcoslab`` command line: presets, make-shapes, check-data, train, evaluate, predict.
+"""The ``fcoslab`` command line: presets, make-shapes, convert, check-data, train, evaluate, predict.
 
 User mistakes print one line, ``fcoslab: error: ...``, and exit with status 2. Training runs under
 torchrun unchanged: ``torchrun --nproc_per_node=8 -m fcoslab train ...``.
@@ -30,10 +30,62 @@ def _cmd_make_shapes(args) -> None:
     print(f"wrote {args.train} train and {args.val} val images: {paths['train']}, {paths['val']}")
 
 
+# Options that name a dataset in another format (convert --from, check-data --format): dest -> (flag, formats).
+SOURCE_OPTIONS = {"root": ("--root", "voc"), "split": ("--split", "voc"), "classes": ("--classes", "voc"),
+                  "images_dir": ("--images", "yolo list"), "labels": ("--labels", "yolo"),
+                  "names": ("--names", "yolo list"), "list_file": ("--list", "list"), "one_based": ("--one-based", "list")}
+SOURCE_REQUIRED = {"voc": ("root",), "yolo": ("images_dir", "labels", "names"), "list": ("list_file", "images_dir", "names")}
+
+
+def _check_source_options(args, fmt: str, flag: str) -> None:
+    given = [dest for dest in SOURCE_OPTIONS if getattr(args, dest) not in (None, [], False)]
+    foreign = [SOURCE_OPTIONS[d] for d in given if fmt not in SOURCE_OPTIONS[d][1].split()]
+    if foreign:
+        raise FcoslabError(f"{flag} {fmt} does not take " + ", ".join(
+            f"{option} (it is for {formats.replace(' ', ' and ')})" for option, formats in foreign))
+    missing = [SOURCE_OPTIONS[d][0] for d in SOURCE_REQUIRED.get(fmt, ()) if d not in given]
+    if missing:
+        raise FcoslabError(f"{flag} {fmt} needs {' '.join(missing)}")
+
+
+def _convert_source(args, flag: str):
+    """The VOC, YOLO or list dataset named by the command's options, as a Conversion (COCO in memory)."""
+    from .datasets import list_to_coco, read_class_names, voc_to_coco, yolo_to_coco
+
+    _check_source_options(args, args.fmt, flag)
+    if args.fmt == "voc":
+        classes = read_class_names(args.classes, "--classes file") if args.classes else None
+        return voc_to_coco(args.root, args.split or "trainval", classes)
+    if args.fmt == "yolo":
+        return yolo_to_coco(args.images_dir, args.labels, args.names)
+    return list_to_coco(args.list_file, args.images_dir, args.names, one_based=args.one_based)
+
+
+def _cmd_convert(args) -> None:
+    from .files import write_json
+
+    conversion = _convert_source(args, "--from")
+    write_json(Path(args.out), conversion.coco)
+    print(conversion.summary())
+    print(f"wrote {args.out}; its image folder (data.train_images or data.val_images): {conversion.image_dir}")
+
+
 def _cmd_check_data(args) -> None:
     from .analysis import data_report
 
-    summary, problems = data_report(args.ann, args.images)
+    if args.fmt == "coco":
+        _check_source_options(args, "coco", "--format")
+        if args.ann is None or args.images is None:
+            raise FcoslabError("check-data needs ANN IMAGES (a COCO file and its image folder), or --format "
+                               "voc|yolo|list with that format's options")
+        summary, problems = data_report(args.ann, args.images)
+    else:
+        if args.ann is not None:
+            raise FcoslabError(f"check-data --format {args.fmt} takes no ANN IMAGES arguments: name the data "
+                               "with the format's options (see fcoslab check-data -h)")
+        conversion = _convert_source(args, "--format")
+        print(conversion.summary())
+        summary, problems = data_report(conversion.source, conversion.image_dir, data=conversion.coco)
     print(summary)
     for problem in problems:
         print(f"  - {problem}")
@@ -85,6 +137,16 @@ def _cmd_predict(args) -> None:
     print(f"{n} detections in {len(records)} images; drawings and detections.json in {args.out}")
 
 
+def _cmd_import_torchvision(args) -> None:
+    from .datasets import read_class_names
+    from .import_torchvision import import_torchvision
+
+    names = read_class_names(args.names) if args.names else None
+    folder = import_torchvision(args.weights, args.out, names, parse_overrides(args.set))
+    print(f"wrote run folder {folder.path}: fcoslab evaluate/predict {folder.path}, notebooks 04/05 with "
+          f"RUN_DIR={folder.path}, or fine-tune with --set model.init_from={folder.path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fcoslab", description="FCOS research kit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -106,10 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.08 is harder)")
     p.set_defaults(func=_cmd_make_shapes)
 
-    p = sub.add_parser("check-data", help="validate a COCO annotation file and its images")
-    p.add_argument("ann")
-    p.add_argument("images")
-    p.set_defaults(func=_cmd_check_data)
+    _add_data_commands(sub)
 
     p = sub.add_parser("train", help="train a detector (works under torchrun)")
     p.add_argument("--config", help="preset name or JSON file (default: shapes)")
@@ -128,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("import-torchvision", help="torchvision FCOS weights -> an fcoslab run folder (same detections)")
+    p.add_argument("weights", help="state_dict of torchvision's fcos_resnet50_fpn, e.g. fcos_resnet50_fpn_coco-99b0c9b7.pth")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--names", help="class names, one a line (default: COCO's 91 torchvision labels)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the tv_fcos_r50 preset, e.g. the data paths for evaluation")
+    p.set_defaults(func=_cmd_import_torchvision)
+
     p = sub.add_parser("predict", help="draw detections on images")
     p.add_argument("checkpoint", help="run folder or .pt file")
     p.add_argument("inputs", nargs="+", help="image files or folders")
@@ -138,6 +205,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
     return parser
+
+
+def _add_data_commands(sub) -> None:
+    """The convert and check-data commands, which share the options naming a VOC, YOLO or list dataset."""
+    p = sub.add_parser("convert", help="convert VOC, YOLO or list annotations to a COCO json")
+    p.add_argument("--from", dest="fmt", required=True, choices=["voc", "yolo", "list"])
+    p.add_argument("--out", required=True, help="COCO json to write")
+    _add_source_options(p)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("check-data", help="validate annotations (COCO, or VOC/YOLO/list with --format) and images")
+    p.add_argument("ann", nargs="?", help="COCO annotation file (for --format coco)")
+    p.add_argument("images", nargs="?", help="its image folder")
+    p.add_argument("--format", dest="fmt", default="coco", choices=["coco", "voc", "yolo", "list"],
+                   help="annotation format (default coco); others are converted in memory")
+    _add_source_options(p)
+    p.set_defaults(func=_cmd_check_data)
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dataset in another format")
+    g.add_argument("--root", action="append", default=[], help="voc: a VOC year folder (repeat for 07+12)")
+    g.add_argument("--split", help="voc: ImageSets/Main/SPLIT.txt (default trainval)")
+    g.add_argument("--classes", metavar="FILE", help="voc: class names, one a line (default: the 20 VOC classes)")
+    g.add_argument("--images", dest="images_dir", help="yolo, list: image folder")
+    g.add_argument("--labels", help="yolo: label folder")
+    g.add_argument("--names", help="yolo: data.yaml or classes.txt; list: names file, first line background")
+    g.add_argument("--list", dest="list_file", help="list: the list file")
+    g.add_argument("--one-based", action="store_true", help="list: 1-based inclusive pixel indices (as VOC)")
 
 
 def _user_message(err: FcoslabError) -> str:

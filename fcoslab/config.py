@@ -52,6 +52,10 @@ class DataConfig:
     color_jitter: float = 0.0
     num_workers: int = 2
     cache_images: bool = False  # keep decoded images in memory (small datasets; use with num_workers=0)
+    # antialias: uint8 resize with antialiasing to round(side * scale); interpolate: torchvision's detection
+    # transform (float bilinear without antialiasing, sides floor(side * scale)), for imported torchvision models
+    resize: str = "antialias"
+    pad_with_mean: bool = False  # pad with the ImageNet mean colour, i.e. zeros after normalisation (torchvision)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class ModelConfig:
     backbone_width: int = 64  # channels of the first stage (resnet10/18/34 only; 64 = torchvision's)
     backbone_weights: str = ""  # local state_dict file; "" = random init
     torchvision_weights: bool = False  # use torchvision's weight enum (needs network or its cache)
+    init_from: str = ""  # a run folder or checkpoint: every tensor whose name and shape fit (fcoslab.finetune)
+    init_class_map: tuple[str, ...] = ()  # "old:new" class names whose classifier rows carry over (equal names do)
     frozen_bn: bool = True
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + layer1, ... up to 5
     fpn_channels: int = 256
@@ -82,14 +88,20 @@ class ModelConfig:
     centerness: bool = True
     regression: str = "relu_stride"  # exp | relu_stride
     strides: tuple[int, ...] = (8, 16, 32, 64, 128)  # P3-P7; (8, 16, 32) = P3-P5 only
-    point_offset: float = 0.5
+    point_offset: float = 0.5  # points at (i + offset) * stride; torchvision's FCOS uses 0
+    # stride: points spaced by the level's stride; input_ratio: by padded input size // level size, as
+    # torchvision's anchor generator does (differs on P6/P7 when inputs are padded to less than 128)
+    point_spacing: str = "stride"
+    level_scales: bool = True  # a learnt scale per level on the regression (torchvision's FCOS has none)
+    pad_multiple: int = 0  # inputs padded to a multiple of this; 0 = the largest stride
     prior_prob: float = 0.01
     channels_last: bool = False
 
     @property
     def size_divisibility(self) -> int:
-        """Inputs are padded to a multiple of the largest stride, so that each level halves the one below."""
-        return max(self.strides)
+        """Inputs are padded to a multiple of ``pad_multiple``, by default the largest stride, so that each
+        level is exactly half the one below (any multiple works: each level is ceil(half) of the one below)."""
+        return self.pad_multiple or max(self.strides)
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,8 @@ class TrainConfig:
     lr_steps: tuple[float, ...] = (8, 11)  # epochs (fractions allowed) after which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
     grad_clip: float = 0.0  # 0 = off
+    freeze: str = "none"  # none | backbone | backbone_fpn (head only): parameters kept fixed (fcoslab.finetune)
+    freeze_epochs: int = 0  # ... for the first N epochs; 0 = the whole run
     amp: str = "auto"  # auto (fp16 on CUDA) | fp16 | bf16 | off
     eval_every: int = 1
     eval_batch_size: int = 8  # images per evaluation batch (per process); evaluate and predict use it too
@@ -216,7 +230,7 @@ def _parse_scalar(text: str) -> Any:
 
 
 DATA_PATH_KEYS = ("data.train_ann", "data.train_images", "data.val_ann", "data.val_images")
-PATH_KEYS = DATA_PATH_KEYS + ("model.backbone_weights",)  # anchored by load_config (see project_root)
+PATH_KEYS = DATA_PATH_KEYS + ("model.backbone_weights", "model.init_from")  # anchored by load_config (see project_root)
 OPTIONAL_SECTIONS = {"shapes": ShapesConfig}
 _NONE = (None, "none", "null", "None")
 
@@ -349,6 +363,9 @@ def validate(cfg: Config) -> None:
                "model.p6_from": (m.p6_from, ("p5", "c5")), "model.head_norm": (m.head_norm, ("gn", "none")),
                "model.regression": (m.regression, ("exp", "relu_stride")),
                "loss.box": (cfg.loss.box, ("iou", "giou")),
+               "data.resize": (cfg.data.resize, ("antialias", "interpolate")),
+               "model.point_spacing": (m.point_spacing, ("stride", "input_ratio")),
+               "train.freeze": (cfg.train.freeze, ("none", "backbone", "backbone_fpn")),
                "train.amp": (cfg.train.amp, ("auto", "fp16", "bf16", "off")),
                "train.optimizer": (cfg.train.optimizer, ("sgd", "adamw")),
                "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine"))}
@@ -378,5 +395,8 @@ def validate(cfg: Config) -> None:
     if cfg.train.images_per_epoch and cfg.train.images_per_epoch < cfg.train.batch_size:
         raise FcoslabError(f"config key 'train.images_per_epoch' must be 0 (one pass over the data) or at least "
                            f"train.batch_size ({cfg.train.batch_size}), got {cfg.train.images_per_epoch}")
+    if m.pad_multiple < 0 or (m.pad_multiple and m.pad_multiple % 32):
+        raise FcoslabError(f"config key 'model.pad_multiple' must be 0 (the largest stride) or a multiple of 32 "
+                           f"(the backbone's C5 stride), got {m.pad_multiple}")
     if not 0 <= m.freeze_at <= 5:
         raise FcoslabError(f"config key 'model.freeze_at' must be in 0..5, got {m.freeze_at}")

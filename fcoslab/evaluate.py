@@ -37,15 +37,29 @@ def summary_text(stats: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def to_coco_results(detections: Iterable[tuple[int, dict]], index: CocoIndex) -> list[dict]:
-    """``[(image_id, {"boxes", "scores", "labels"}), ...]`` -> COCO results (xywh, category ids)."""
+def to_coco_results(detections: Iterable[tuple[int, dict]], cat_ids: CocoIndex | list[int]) -> list[dict]:
+    """``[(image_id, {"boxes", "scores", "labels"}), ...]`` -> COCO results (xywh, category ids), label ``k``
+    being category ``cat_ids[k]`` (a :class:`CocoIndex` gives its own)."""
+    cat_ids = cat_ids.cat_ids if isinstance(cat_ids, CocoIndex) else cat_ids
     results = []
     for image_id, det in detections:
         boxes = xyxy_to_xywh(det["boxes"].float().cpu()).tolist()
         for box, score, label in zip(boxes, det["scores"].tolist(), det["labels"].tolist()):
-            results.append({"image_id": int(image_id), "category_id": index.label_to_cat_id(int(label)),
+            results.append({"image_id": int(image_id), "category_id": cat_ids[int(label)],
                             "bbox": [round(v, 2) for v in box], "score": round(float(score), 5)})
     return results
+
+
+def check_categories(dataset_index: CocoIndex, cat_ids: list[int], class_names: list[str], ann_file) -> None:
+    """A model may be scored on a dataset whose categories (id and name) are all among its own: the same
+    set, or COCO's 80 for torchvision's 91-way head. Detections of other categories are not scored."""
+    model = dict(zip(cat_ids, class_names))
+    wrong = [(c, n) for c, n in zip(dataset_index.cat_ids, dataset_index.names) if model.get(c) != n]
+    if wrong:
+        c, n = wrong[0]
+        found = f"the model's category {c} is '{model[c]}'" if c in model else f"the model has no category {c}"
+        raise FcoslabError(f"{ann_file} has category {c} '{n}', but {found} ({len(wrong)} categories differ; "
+                           f"the model's: {', '.join(f'{i} {m}' for i, m in list(model.items())[:6])}, ...)")
 
 
 def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] = None):
@@ -95,16 +109,17 @@ class Evaluation:
 
 
 def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision: Precision, rank: int = 0,
-                   world: int = 1) -> Optional[Evaluation]:
+                   world: int = 1, cat_ids: Optional[list[int]] = None) -> Optional[Evaluation]:
     """Detect on every image of ``dataset`` with ``model`` (in eval mode) and score with COCOeval.
 
-    Under torchrun each process detects on its share of the batches and rank 0 scores the gathered
-    results; other ranks return None.
+    ``cat_ids`` maps the model's labels to category ids (default: the dataset's own). Under torchrun each
+    process detects on its share of the batches and rank 0 scores the gathered results; other ranks
+    return None.
     """
     from . import distributed as dist
 
     detections = predict_batches(model, evaluation_loader(dataset, cfg, rank, world), cfg, device, precision)
-    results = to_coco_results(detections, dataset.index)
+    results = to_coco_results(detections, cat_ids or dataset.index.cat_ids)
     if world > 1:
         results = [r for part in dist.all_gather_objects(results) for r in part]
         if rank != 0:
@@ -139,10 +154,9 @@ def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, 
         raise FcoslabError("give both --ann and --images, or neither (to use the run's validation set)")
     ann_file, image_dir = ann_file or cfg.data.val_ann, image_dir or cfg.data.val_images
     dataset = CocoDetection(ann_file, image_dir, build_transforms(cfg.data, train=False))
-    if dataset.index.cat_ids != predictor.cat_ids:
-        raise FcoslabError(f"{ann_file} has category ids {dataset.index.cat_ids[:10]}, but the model was trained "
-                           f"on {predictor.cat_ids[:10]}")
-    evaluation = evaluate_model(predictor.model, dataset, cfg, predictor.device, predictor.precision)
+    check_categories(dataset.index, predictor.cat_ids, predictor.class_names, ann_file)
+    evaluation = evaluate_model(predictor.model, dataset, cfg, predictor.device, predictor.precision,
+                                cat_ids=predictor.cat_ids)
     if results_out is not None:
         write_json(Path(results_out), evaluation.results)
     return evaluation

@@ -37,3 +37,17 @@ def describe_load_error(e: Exception) -> str:
                        if line.strip(" :")), "")
         return f"not a file that torch.load reads with weights_only=True ({detail.strip(' :')})"
     return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+
+
+def load_weights_file(path: Path, what: str):
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing or foreign file is a
+    :class:`FcoslabError` that names ``what`` and ``path`` (tensors only: a weights file can never run code)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FcoslabError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a file that is not a checkpoint
+        raise FcoslabError(f"cannot load {what} {path}: {describe_load_error(e)}") from None

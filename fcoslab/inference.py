@@ -21,7 +21,7 @@ from .runfolder import load_checkpoint
 from .config import config_from_dict
 from .datasets import build_transforms
 from .datasets.coco import make_sample, to_rgb
-from .datasets.transforms import collate
+from .datasets.transforms import collate_fn
 from .decode import decode
 from .errors import FcoslabError
 from .model import build_model
@@ -176,11 +176,12 @@ class Predictor:
     transforms, so its detections are those that evaluation scored.
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto"):
+    def __init__(self, checkpoint: str | Path, device: str = "auto", amp: Optional[str] = None):
+        """``amp`` replaces the run's ``train.amp`` rule (``"off"``: float32)."""
         ckpt = load_checkpoint(checkpoint)
         self.cfg = config_from_dict(ckpt["config"])
         self.device = resolve_device(device)
-        self.precision = choose_precision(self.cfg.train.amp, self.device)
+        self.precision = choose_precision(amp or self.cfg.train.amp, self.device)
         self.model = build_model(self.cfg, ckpt["num_classes"])
         self.model.load_state_dict(ckpt["model"])
         self.model.to(self.device).eval()
@@ -199,6 +200,7 @@ class Predictor:
         image as given, ``scores`` (N,), ``labels`` int64 (N,). ``batch_size`` defaults to the run's
         ``train.eval_batch_size``."""
         size = batch_size or self.cfg.train.eval_batch_size
-        batches = (collate([self._prepare(im) for im in images[start:start + size]], self.cfg.model.size_divisibility)
+        collate = collate_fn(self.cfg)
+        batches = (collate([self._prepare(im) for im in images[start:start + size]])
                    for start in range(0, len(images), size))
         return [det for _, det in predict_batches(self.model, batches, self.cfg, self.device, self.precision)]

@@ -17,10 +17,11 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from .files import describe_load_error
+from .files import load_weights_file
 from .config import Config, ModelConfig
+from .datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import FcoslabError
-from .points import make_points
+from .points import make_points, point_input_size
 
 log = logging.getLogger("fcoslab")
 
@@ -141,12 +142,7 @@ def load_pretrained_backbone(model: "FCOS", cfg: ModelConfig) -> None:
     from its cache or the network). Training calls this once; a checkpoint's weights replace it anyway."""
     if cfg.backbone_weights:
         p = Path(cfg.backbone_weights)
-        if not p.is_file():
-            raise FcoslabError(f"config key 'model.backbone_weights': file {p} does not exist")
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for a file that is not a checkpoint
-            raise FcoslabError(f"cannot load backbone weights {p}: {describe_load_error(e)}") from None
+        state = load_weights_file(p, "backbone weights (config key 'model.backbone_weights')")
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         model.backbone.load_torchvision_state(state, str(p))
     elif cfg.torchvision_weights:
@@ -222,7 +218,7 @@ class Head(nn.Module):
         self.cls_logits = nn.Conv2d(c, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(c, 4, 3, padding=1)
         self.centerness = nn.Conv2d(c, 1, 3, padding=1) if cfg.centerness else None
-        self.scales = nn.ModuleList(Scale(1.0) for _ in cfg.strides)
+        self.scales = nn.ModuleList((Scale(1.0) if cfg.level_scales else nn.Identity()) for _ in cfg.strides)
         self.regression, self.strides = cfg.regression, cfg.strides
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -261,8 +257,8 @@ class FCOS(nn.Module):
         self.backbone = Backbone(cfg)
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.p6_from, extra_levels=len(cfg.strides) - 3)
         self.head = Head(cfg, num_classes)
-        self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> dict:
         x = (images - self.pixel_mean) / self.pixel_std
@@ -271,7 +267,8 @@ class FCOS(nn.Module):
         feats = self.fpn(self.backbone(x))
         logits, ltrb, ctr = self.head(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
-        points, strides = make_points(sizes, self.cfg.strides, self.cfg.point_offset, images.device)
+        points, strides = make_points(sizes, self.cfg.strides, self.cfg.point_offset, images.device,
+                                      point_input_size(self.cfg, *images.shape[-2:]))
         return {"cls_logits": logits, "bbox_ltrb": ltrb, "centerness": ctr, "points": points,
                 "strides": strides, "level_sizes": sizes}
 
@@ -279,7 +276,4 @@ class FCOS(nn.Module):
 def build_model(cfg: Config, num_classes: int) -> FCOS:
     if num_classes < 1:
         raise FcoslabError(f"the model needs at least one class, got num_classes={num_classes}")
-    if cfg.model.frozen_bn and not (cfg.model.backbone_weights or cfg.model.torchvision_weights):
-        log.warning("frozen BatchNorm without pretrained weights: set model.backbone_weights=PATH "
-                    "(or model.torchvision_weights=true), or model.frozen_bn=false to train from scratch")
     return FCOS(cfg.model, num_classes)

@@ -23,6 +23,7 @@ from .errors import FcoslabError
 from .evaluate import STAT_NAMES, evaluate_model
 from .inference import choose_precision, inference_layout, resolve_device, training_layout
 from .loss import FCOSCriterion
+from .finetune import apply_freeze, init_from
 from .model import build_model, load_pretrained_backbone
 
 log = logging.getLogger("fcoslab")
@@ -83,12 +84,20 @@ def setup_device(t: TrainConfig) -> tuple[torch.device, int, int]:
     return device, rank, world
 
 
-def build_training_model(cfg: Config, num_classes: int, device: torch.device, world: int,
+def build_training_model(cfg: Config, class_names: list[str], device: torch.device, world: int,
                          pretrained: bool) -> torch.nn.Module:
-    """The bare model on ``device``: pretrained backbone weights (for a new run), layout, SyncBatchNorm."""
-    model = build_model(cfg, num_classes)
+    """The bare model on ``device``: for a new run (``pretrained``) the backbone's ImageNet weights and
+    then ``model.init_from``'s detector; layout; SyncBatchNorm."""
+    m = cfg.model
+    model = build_model(cfg, m.num_classes or len(class_names))
     if pretrained:
-        load_pretrained_backbone(model, cfg.model)
+        load_pretrained_backbone(model, m)
+        if m.init_from:
+            init_from(model, m, class_names)
+        elif m.frozen_bn and not (m.backbone_weights or m.torchvision_weights):
+            log.warning("frozen BatchNorm without pretrained weights: set model.backbone_weights=PATH "
+                        "(or model.torchvision_weights=true, or model.init_from=RUN), or model.frozen_bn=false "
+                        "to train from scratch")
     model.to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -121,9 +130,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.train_set, self.val_set = build_datasets(cfg)
         self.index = self.train_set.index
-        self.model = build_training_model(cfg, cfg.model.num_classes or self.index.num_classes, self.device,
-                                          self.world, pretrained=checkpoint is None)
+        self.model = build_training_model(cfg, list(self.index.names), self.device, self.world,
+                                          pretrained=checkpoint is None)
         self.optimizer = make_optimizer(self.model, cfg.train)
+        self.trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
         self.criterion = FCOSCriterion(cfg.assign, cfg.loss, all_reduce=dist.all_reduce_mean)
         self.precision = choose_precision(cfg.train.amp, self.device)
         if dist.is_main():
@@ -137,10 +147,15 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training and evaluation, summed over resumes
         if checkpoint is not None:
             self._restore(checkpoint)
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        self.step_model = DistributedDataParallel(self.model, device_ids=device_ids) if self.world > 1 else self.model
+        self._wrap()
         if dist.is_main():
             self.folder.start(cfg.to_dict(), self.history)
+
+    def _wrap(self) -> None:
+        """``step_model``: DistributedDataParallel under torchrun (rebuilt when ``train.freeze`` changes which
+        parameters train), the model itself in one process."""
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.step_model = DistributedDataParallel(self.model, device_ids=device_ids) if self.world > 1 else self.model
 
     @classmethod
     def from_run(cls, out: str | Path, overrides: Optional[dict] = None, **kwargs) -> "Trainer":
@@ -266,6 +281,8 @@ class Trainer:
         self.model.train()
         while self.epoch < cfg.train.epochs:
             started = time.time()
+            if apply_freeze(self.model, cfg.train, self.epoch, self.trainable) and self.world > 1:
+                self._wrap()
             losses = self.train_epoch()
             self.epoch += 1
             self.batch_in_epoch = 0

@@ -229,4 +229,5 @@ def test_an_empty_shapes_section_asks_for_the_default_set(tmp_path):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"data": {"train_ann": "x/train.json"}, "shapes": {}}))
     cfg = load_config(str(path))
-    assert cfg.shapes is not None and cfg.shapes.train == 4608 and cfg.data.train_ann == "x/train.json"
+    assert cfg.shapes is not None and cfg.shapes.train == 4608
+    assert cfg.data.train_ann == str(tmp_path / "x" / "train.json")  # relative to the config file

@@ -7,13 +7,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "fcoslab"
 LAYERS = [
     ["errors", "files", "config", "boxes", "distributed", "runfolder"],
-    ["datasets.coco", "datasets.shapes", "datasets.transforms", "datasets.loader", "datasets"],
-    ["points", "model"],
+    ["datasets.coco", "datasets.shapes", "datasets.transforms", "datasets.loader", "datasets.convert", "datasets.voc",
+     "datasets.yolo", "datasets.boxlist", "datasets"],
+    ["points", "model", "finetune"],
     ["cuda", "ops_reference", "ops", "targets", "loss", "decode"],
-    ["inference"],
+    ["inference", "voc_metrics", "error_analysis"],
     ["evaluate"],
     ["train"],
-    ["draw", "analysis", "plots", "predict", "viewer", "notebooks", "browser", "cli", "__main__", ""],
+    ["draw", "analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision", "cli", "__main__", ""],
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

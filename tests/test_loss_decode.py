@@ -31,8 +31,9 @@ def test_level_sizes_match_the_model():
     cfg, model = small_model()
     out = model(torch.rand(1, 3, 128, 256))
     assert out["level_sizes"] == level_sizes(128, 256, cfg.model.strides) == [(16, 32), (8, 16), (4, 8), (2, 4), (1, 2)]
-    with pytest.raises(ValueError, match="multiple of 128"):
-        level_sizes(100, 128, cfg.model.strides)
+    for h, w in [(100, 128), (97, 161), (800, 1216)]:  # any input size: each level is ceil(half) of the one below
+        out = model(torch.rand(1, 3, h, w))
+        assert out["level_sizes"] == level_sizes(h, w, cfg.model.strides), (h, w)
 
 
 def test_points_offset():

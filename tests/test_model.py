@@ -7,7 +7,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from fcoslab.config import load_config
 from fcoslab.errors import FcoslabError
-from fcoslab.model import Backbone, build_model
+from fcoslab.model import Backbone, build_model, load_pretrained_backbone
 
 
 def _randomise_frozen_bn(module, seed=0):
@@ -80,7 +80,6 @@ def test_backbone_width_errors_name_the_key(over, message):
 
 
 def test_pretrained_backbone_loads_after_the_model_is_built(tmp_path):
-    from fcoslab.model import load_pretrained_backbone
 
     reference = torchvision.models.resnet18(weights=None)
     path = tmp_path / "r18.pth"
@@ -125,3 +124,22 @@ def test_other_strides_are_refused_by_name(strides):
     ranges = [[0, 1e8]] * len(strides)
     with pytest.raises(FcoslabError, match="model.strides"):
         load_config("shapes", {"model.strides": strides, "assign.regress_ranges": ranges})
+
+
+def test_imagenet_resnet50_file_by_torchvision_name(tmp_path):
+    """model.backbone_weights with the file torchvision's ImageNet R-50 downloads as, saved here from its own
+    resnet50(); a file of another network names the keys that do not fit."""
+    reference = torchvision.models.resnet50(weights=None)
+    with torch.no_grad():
+        reference.layer3[0].bn1.running_mean.normal_()
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(reference.state_dict(), path)
+    cfg = load_config("seed_coco_2x", {"model.backbone_weights": str(path)})
+    model = build_model(cfg, 2)
+    load_pretrained_backbone(model, cfg.model)
+    assert torch.equal(model.backbone.layer3[0].bn1.running_mean, reference.layer3[0].bn1.running_mean)
+    assert torch.equal(model.backbone.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
+    r18 = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), r18)
+    with pytest.raises(FcoslabError, match=r"resnet18-f37072fd.pth do not fit the backbone: .*layer1\.0\.conv1\.weight"):
+        load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(r18)}).model)

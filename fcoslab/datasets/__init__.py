@@ -1,6 +1,12 @@
-"""Datasets: COCO-format loading, the synthetic shapes generator, transforms and batching."""
+"""Datasets: COCO-format loading, the synthetic shapes generator, transforms and batching, and the
+converters of VOC, YOLO and list annotations to COCO."""
 
 from .coco import CocoDetection, CocoIndex, check_coco_dict, coco_api, read_coco_json, read_image, to_rgb  # noqa: F401
 from .shapes import CLASSES as SHAPES_CLASSES, ensure_shapes, make_shapes, read_generator_key  # noqa: F401
-from .transforms import ResizeShortest, build_transforms, collate, pad_targets, resized_shape  # noqa: F401
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, ResizeShortest, build_transforms, collate,  # noqa: F401
+                         collate_fn, pad_targets, resized_shape)
 from .loader import EpochBatchSampler, SeededSamples, build_datasets, make_loader  # noqa: F401
+from .convert import Conversion, read_class_names  # noqa: F401
+from .voc import VOC_CLASSES, voc_to_coco  # noqa: F401
+from .yolo import read_yolo_names, yolo_to_coco  # noqa: F401
+from .boxlist import list_to_coco  # noqa: F401

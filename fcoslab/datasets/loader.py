@@ -8,14 +8,13 @@ single-process run.
 from __future__ import annotations
 
 import os
-from functools import partial
 
 import torch
 
 from ..config import Config
 from ..errors import FcoslabError
 from .coco import CocoDetection
-from .transforms import build_transforms, collate
+from .transforms import build_transforms, collate_fn
 
 
 
@@ -101,7 +100,7 @@ class SeededSamples(torch.utils.data.Dataset):
 def make_loader(dataset, batch_sampler, cfg: Config, batch_size: int = 1) -> torch.utils.data.DataLoader:
     """A DataLoader padding batches to the largest stride; ``batch_sampler=None`` gives an ordered one."""
     workers = cfg.data.num_workers
-    common = dict(num_workers=workers, collate_fn=partial(collate, size_divisibility=cfg.model.size_divisibility),
+    common = dict(num_workers=workers, collate_fn=collate_fn(cfg),
                   pin_memory=torch.cuda.is_available(), persistent_workers=False)
     if workers > 0 and hasattr(os, "fork"):
         common["multiprocessing_context"] = "fork"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..config import DataConfig
+from ..config import Config, DataConfig
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the model's normalisation
 
 
 def resized_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
@@ -18,38 +22,55 @@ def resized_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, in
 
 
 class ResizeShortest:
-    """Resize keeping aspect: shorter side drawn from ``min_sizes`` (scale jitter), longer <= ``max_size``."""
+    """Resize keeping aspect: shorter side drawn from ``min_sizes`` (scale jitter), longer <= ``max_size``.
 
-    def __init__(self, min_sizes: tuple[int, ...] | int, max_size: int):
+    ``method="antialias"`` resizes the uint8 image with antialiasing to :func:`resized_shape`;
+    ``"interpolate"`` is torchvision's detection transform, exactly: a float image, bilinear without
+    antialiasing, sides ``floor(side * scale)`` (``F.interpolate`` with ``recompute_scale_factor``).
+    """
+
+    def __init__(self, min_sizes: tuple[int, ...] | int, max_size: int, method: str = "antialias"):
         self.min_sizes = (min_sizes,) if isinstance(min_sizes, int) else tuple(min_sizes)
-        self.max_size = max_size
+        self.max_size, self.method = max_size, method
 
     def __call__(self, image, target):
         h, w = image.shape[-2:]
         pick = self.min_sizes[int(torch.randint(len(self.min_sizes), ()))] if len(self.min_sizes) > 1 else self.min_sizes[0]
-        size = list(resized_shape(h, w, pick, self.max_size))
+        if self.method == "interpolate":
+            scale = min(float(pick) / min(h, w), float(self.max_size) / max(h, w))
+            pixels = torch.nn.functional.interpolate(image[None].as_subclass(torch.Tensor), scale_factor=scale,
+                                                     mode="bilinear", recompute_scale_factor=True, align_corners=False)[0]
+            image = tv_tensors.wrap(pixels, like=image)
+            size = list(image.shape[-2:])
+        else:
+            size = list(resized_shape(h, w, pick, self.max_size))
+            if size != [h, w]:
+                image = F.resize(image, size, antialias=True)
         if size != [h, w]:
-            image = F.resize(image, size, antialias=True)
             target = dict(target, boxes=F.resize(target["boxes"], size))
         return image, target
 
 
 def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
-    steps = [ResizeShortest(cfg.min_size if train else cfg.test_min_size, cfg.max_size)]
+    steps = [ResizeShortest(cfg.min_size if train else cfg.test_min_size, cfg.max_size, cfg.resize)]
+    if cfg.resize == "interpolate":  # torchvision resizes the float image
+        steps.insert(0, v2.ToDtype(torch.float32, scale=True))
     if train and cfg.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(cfg.hflip))
     if train and cfg.color_jitter > 0:
         j = cfg.color_jitter
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes(min_size=1.0)]
+    if cfg.resize != "interpolate":
+        steps.append(v2.ToDtype(torch.float32, scale=True))
+    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0))
     return v2.Compose(steps)
 
 
-def collate(batch: list, size_divisibility: int = 128) -> dict:
+def collate(batch: list, size_divisibility: int = 128, pad_with_mean: bool = False) -> dict:
     """Pad a list of ``(image (3, h, w) float, target)`` into one batch.
 
-    Returns a dict with ``images`` float (B, 3, H, W) zero-padded at the bottom and right to a
-    multiple of ``size_divisibility``; ``image_sizes`` int64 (B, 2) the (h, w) of each image before
+    Returns a dict with ``images`` float (B, 3, H, W) padded at the bottom and right to a multiple of
+    ``size_divisibility`` with zeros (or with :data:`IMAGENET_MEAN`, zeros after the model's normalisation); ``image_sizes`` int64 (B, 2) the (h, w) of each image before
     padding; ``orig_sizes`` int64 (B, 2) the (h, w) of the original files; ``gt_boxes`` float (B, M, 4)
     xyxy pixels in the resized image and ``gt_labels`` int64 (B, M), padded with -1 labels as
     :func:`pad_targets` does; ``image_ids`` list of int.
@@ -59,6 +80,8 @@ def collate(batch: list, size_divisibility: int = 128) -> dict:
     d = size_divisibility
     H, W = math.ceil(max(hs) / d) * d, math.ceil(max(ws) / d) * d
     out = images[0].new_zeros((len(images), 3, H, W))
+    if pad_with_mean:
+        out += torch.tensor(IMAGENET_MEAN, dtype=out.dtype).view(1, 3, 1, 1)
     for i, im in enumerate(images):
         out[i, :, : im.shape[-2], : im.shape[-1]] = im
     gt_boxes, gt_labels = pad_targets([t["boxes"].as_subclass(torch.Tensor).float() for _, t in batch],
@@ -71,6 +94,11 @@ def collate(batch: list, size_divisibility: int = 128) -> dict:
         "gt_labels": gt_labels,
         "image_ids": [int(t["image_id"]) for _, t in batch],
     }
+
+
+def collate_fn(cfg: Config):
+    """:func:`collate` with the padding a config asks for (``model.size_divisibility``, ``data.pad_with_mean``)."""
+    return partial(collate, size_divisibility=cfg.model.size_divisibility, pad_with_mean=cfg.data.pad_with_mean)
 
 
 def pad_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
