@@ -94,8 +94,43 @@ def positives_per_level(dataset: CocoDetection, cfg: Config, max_images: Optiona
     return totals
 
 
-def per_class_table(evaluator, names: Sequence[str]) -> dict[str, float]:
-    """AP@[.5:.95] of each class by name, from an accumulated COCOeval."""
+def per_class_table(evaluation) -> dict[str, dict[str, Optional[float]]]:
+    """Per-class AP of an :class:`fcoslab.evaluate.Evaluation`, by class name: COCO's ``AP`` (IoU .50:.95)
+    and ``AP50``, and VOC's ``voc_AP50`` (all-point) and ``voc_AP50_11pt`` where computed. None: no
+    ground truth of that class (or no detections at all)."""
     from .evaluate import per_class_ap
 
-    return {name: round(float(ap), 4) for name, ap in zip(names, per_class_ap(evaluator))}
+    def rounded(v):
+        return None if v is None or np.isnan(v) else round(float(v), 4)
+
+    table = {name: {} for name in evaluation.class_names}
+    if evaluation.stats:
+        coco = [per_class_ap(evaluation.evaluator, iou) if evaluation.evaluator is not None
+                else np.zeros(len(table)) for iou in (None, 0.5)]
+        for k, name in enumerate(evaluation.class_names):
+            table[name].update(AP=rounded(coco[0][k]), AP50=rounded(coco[1][k]))
+    if evaluation.voc is not None:
+        for name, row in evaluation.voc["per_class"].items():
+            table[name].update(voc_AP50=rounded(row["AP50"]), voc_AP50_11pt=rounded(row["AP50_11pt"]))
+    return table
+
+
+def per_class_text(table: dict[str, dict]) -> str:
+    """:func:`per_class_table` as aligned text, one class a line."""
+    keys = list(next(iter(table.values()), {}))
+    width = max([len("class")] + [len(n) for n in table])
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{k:>13}" for k in keys)]
+    for name, row in table.items():
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{'-' if row[k] is None else f'{row[k]:.3f}':>13}" for k in keys))
+    return "\n".join(lines)
+
+
+def error_report(evaluation, iou: float = 0.5, score: float = 0.3) -> dict:
+    """Why AP is low, for an :class:`fcoslab.evaluate.Evaluation`: the confusion matrix at ``iou`` and
+    ``score`` (rows: ground truth, columns: prediction, ``background`` last) and the TIDE error breakdown
+    (:func:`fcoslab.error_analysis.error_breakdown`). JSON-able."""
+    from .error_analysis import confusion_matrix, error_breakdown
+
+    matrix, names = confusion_matrix(evaluation.gt, evaluation.results, iou=iou, score=score)
+    return {"confusion": {"iou": iou, "score": score, "names": names, "matrix": matrix.tolist()},
+            "errors": error_breakdown(evaluation.gt, evaluation.results, iou_fg=iou)}

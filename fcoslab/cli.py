@@ -119,13 +119,44 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
+    from .analysis import per_class_table, per_class_text
     from .evaluate import evaluate_checkpoint, summary_text
 
     ckpt = Path(args.checkpoint)
-    out = args.out or (ckpt if ckpt.is_dir() else ckpt.parent) / "results.json"
-    evaluation = evaluate_checkpoint(ckpt, args.ann, args.images, out, device=args.device)
-    print(summary_text(evaluation.stats))
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    out = args.out or folder / "results.json"
+    evaluation = evaluate_checkpoint(ckpt, args.ann, args.images, out, device=args.device, metrics=args.metrics)
+    if evaluation.stats:
+        print(summary_text(evaluation.stats))
+    if evaluation.voc is not None:
+        voc = evaluation.voc
+        print(" VOC mAP@0.50 (all-point) = {:.3f}, (11-point) = {:.3f}, mAP@0.75 = {:.3f}, mAP@[.50:.95] = {:.3f}".format(
+            *[voc[k] or 0.0 for k in ("mAP50", "mAP50_11pt", "mAP75", "mAP")]))
+    print(per_class_text(per_class_table(evaluation)))
     print(f"{len(evaluation.results)} detections written to {out}")
+    if args.analysis:
+        _write_analysis(evaluation, Path(args.analysis_out or folder / "analysis"), args.score)
+
+
+def _write_analysis(evaluation, out: Path, score: float) -> None:
+    """Confusion matrix and TIDE error breakdown as ``analysis.json``, ``confusion_matrix.png`` and ``errors.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .analysis import error_report, per_class_table
+    from .files import atomic_write, write_json
+    from .plots import plot_confusion_matrix, plot_error_breakdown
+
+    report = error_report(evaluation, score=score)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "analysis.json", {**report, "per_class": per_class_table(evaluation)})
+    for name, fig in (("confusion_matrix.png", plot_confusion_matrix(report["confusion"])),
+                      ("errors.png", plot_error_breakdown(report["errors"]))):
+        atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    errors = report["errors"]
+    print("errors (TIDE, AP50 recovered if fixed): " + ", ".join(
+        f"{k} {100 * (v or 0):.1f} ({errors['counts'][k]})" for k, v in errors["dAP"].items()))
+    print(f"analysis written to {out}: analysis.json, confusion_matrix.png, errors.png")
 
 
 def _cmd_predict(args) -> None:
@@ -185,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="image folder for --ann")
     p.add_argument("--out", help="COCO results json (default: beside the checkpoint)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--metrics", choices=["coco", "voc", "both"], help="default: the run's eval.metrics")
+    p.add_argument("--analysis", action="store_true",
+                   help="also write the confusion matrix and the error breakdown (JSON and PNG)")
+    p.add_argument("--analysis-out", help="folder for --analysis (default: RUN/analysis)")
+    p.add_argument("--score", type=float, default=0.3, help="score threshold of the confusion matrix (default 0.3)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("import-torchvision", help="torchvision FCOS weights -> an fcoslab run folder (same detections)")

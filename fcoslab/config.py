@@ -156,6 +156,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    tensorboard: bool = False  # also log to RUN/tensorboard (history.json stays the record)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What every evaluation computes and records in ``history.json``."""
+
+    metrics: str = "coco"  # coco | voc | both: COCO's 12 numbers and per-class AP; VOC AP (fcoslab.voc_metrics)
+    best_metric: str = "AP"  # the history key (higher is better) that picks best.pt, e.g. AP50 or voc_mAP50
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -366,6 +376,7 @@ def validate(cfg: Config) -> None:
                "data.resize": (cfg.data.resize, ("antialias", "interpolate")),
                "model.point_spacing": (m.point_spacing, ("stride", "input_ratio")),
                "train.freeze": (cfg.train.freeze, ("none", "backbone", "backbone_fpn")),
+               "eval.metrics": (cfg.eval.metrics, ("coco", "voc", "both")),
                "train.amp": (cfg.train.amp, ("auto", "fp16", "bf16", "off")),
                "train.optimizer": (cfg.train.optimizer, ("sgd", "adamw")),
                "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine"))}

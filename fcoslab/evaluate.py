@@ -99,18 +99,54 @@ def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1) -> to
 
 @dataclass
 class Evaluation:
-    """What one evaluation produced (on rank 0): the 12 COCO ``stats``, the COCO ``results`` list,
-    the accumulated ``evaluator`` (None without detections) and the ``class_names`` of the labels."""
+    """What one evaluation produced (on rank 0): the 12 COCO ``stats`` (empty with ``eval.metrics=voc``),
+    the COCO ``results`` list, the accumulated ``evaluator`` (None without detections or COCO metrics),
+    the ``class_names`` of the dataset's categories (sorted by id), the ground truth ``gt`` (a COCO dict)
+    and ``voc``, :func:`fcoslab.voc_metrics.voc_evaluate`'s dict (None without VOC metrics)."""
 
     stats: dict[str, float]
     results: list[dict]
     evaluator: Optional[object]
     class_names: list[str]
+    gt: Optional[dict] = None
+    voc: Optional[dict] = None
+
+    def per_class(self) -> dict[str, Optional[float]]:
+        """COCO AP@[.5:.95] of each class by name (None: no ground truth, or no COCO metrics)."""
+        ap = per_class_ap(self.evaluator) if self.evaluator is not None else [np.nan] * len(self.class_names)
+        return {name: None if np.isnan(v) else round(float(v), 5) for name, v in zip(self.class_names, ap)}
+
+    def record(self) -> dict:
+        """The numbers ``history.json`` keeps for this evaluation: COCO's 12 and ``per_class_AP``; VOC's
+        ``voc_mAP`` (IoU .50:.95), ``voc_mAP50``, ``voc_mAP50_11pt``, ``voc_mAP75`` and ``voc_per_class``."""
+        out: dict = {k: round(v, 5) for k, v in self.stats.items()}
+        if self.stats:
+            out["per_class_AP"] = self.per_class()
+        if self.voc is not None:
+            out.update({f"voc_{k}": None if self.voc[k] is None else round(self.voc[k], 5)
+                        for k in ("mAP", "mAP50", "mAP50_11pt", "mAP75")})
+            out["voc_per_class"] = self.voc["per_class"]
+        return out
+
+
+def metric_keys(metrics: str) -> list[str]:
+    """The scalar history keys an evaluation with ``eval.metrics=metrics`` records."""
+    coco = list(STAT_NAMES) if metrics in ("coco", "both") else []
+    return coco + (["voc_mAP", "voc_mAP50", "voc_mAP50_11pt", "voc_mAP75"] if metrics in ("voc", "both") else [])
+
+
+def score_results(gt: dict, results: list[dict], class_names: list[str], metrics: str = "coco") -> Evaluation:
+    """Score COCO ``results`` against ``gt`` with the metrics ``eval.metrics`` names."""
+    from .voc_metrics import voc_evaluate
+
+    stats, evaluator = coco_evaluate(gt, results) if metrics in ("coco", "both") else ({}, None)
+    voc = voc_evaluate(gt, results) if metrics in ("voc", "both") else None
+    return Evaluation(stats, results, evaluator, class_names, gt, voc)
 
 
 def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision: Precision, rank: int = 0,
                    world: int = 1, cat_ids: Optional[list[int]] = None) -> Optional[Evaluation]:
-    """Detect on every image of ``dataset`` with ``model`` (in eval mode) and score with COCOeval.
+    """Detect on every image of ``dataset`` with ``model`` (in eval mode) and score with ``cfg.eval.metrics``.
 
     ``cat_ids`` maps the model's labels to category ids (default: the dataset's own). Under torchrun each
     process detects on its share of the batches and rank 0 scores the gathered results; other ranks
@@ -124,13 +160,16 @@ def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision:
         results = [r for part in dist.all_gather_objects(results) for r in part]
         if rank != 0:
             return None
-    stats, evaluator = coco_evaluate(dataset.data, results)
-    return Evaluation(stats, results, evaluator, list(dataset.index.names))
+    return score_results(dataset.data, results, list(dataset.index.names), cfg.eval.metrics)
 
 
-def per_class_ap(evaluator) -> np.ndarray:
-    """AP@[.5:.95] of each category (K,), from an accumulated COCOeval; nan where a class has no GT."""
+def per_class_ap(evaluator, iou: Optional[float] = None) -> np.ndarray:
+    """AP of each category (K,) from an accumulated COCOeval, at IoU .50:.95 (or at one ``iou``, e.g. 0.5);
+    nan where a class has no ground truth."""
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K) at area=all, maxDets=100
+    if iou is not None:
+        t = int(np.argmin(np.abs(evaluator.params.iouThrs - iou)))
+        precision = precision[t: t + 1]
     out = np.full(precision.shape[2], np.nan)
     for k in range(precision.shape[2]):
         valid = precision[:, :, k][precision[:, :, k] > -1]
@@ -140,10 +179,12 @@ def per_class_ap(evaluator) -> np.ndarray:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, image_dir: Optional[str] = None,
-                        results_out: Optional[str | Path] = None, device: str = "auto") -> Evaluation:
+                        results_out: Optional[str | Path] = None, device: str = "auto",
+                        metrics: Optional[str] = None) -> Evaluation:
     """Evaluate a run folder or checkpoint on its validation set (or ``ann_file`` + ``image_dir``), with
-    the run's precision rule and evaluation batch size: on the run's validation set and the same kind of
-    device, the numbers equal those in its ``history.json``. Writes the results json when ``results_out``.
+    the run's precision rule, evaluation batch size and ``eval.metrics`` (or ``metrics``): on the run's
+    validation set and the same kind of device, the numbers equal those in its ``history.json``. Writes
+    the results json when ``results_out``.
     """
     from .files import write_json
     from .datasets import CocoDetection, build_transforms
@@ -155,6 +196,8 @@ def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, 
     ann_file, image_dir = ann_file or cfg.data.val_ann, image_dir or cfg.data.val_images
     dataset = CocoDetection(ann_file, image_dir, build_transforms(cfg.data, train=False))
     check_categories(dataset.index, predictor.cat_ids, predictor.class_names, ann_file)
+    if metrics is not None:
+        cfg = cfg.replace(**{"eval.metrics": metrics})
     evaluation = evaluate_model(predictor.model, dataset, cfg, predictor.device, predictor.precision,
                                 cat_ids=predictor.cat_ids)
     if results_out is not None:

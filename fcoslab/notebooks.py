@@ -105,7 +105,8 @@ def train_live(cfg, out: str, resume: bool = False):
 
 # README figure <- the executed notebooks' figure (notebook, index of its figure in output order)
 README_FIGURES = {"samples.jpg": ("01", 0), "dataset_stats.png": ("01", 1), "assignment.png": ("02", 0),
-                  "target_maps_p3.png": ("02", 3), "map_curves.png": ("04", 0), "predictions.jpg": ("05", 0)}
+                  "target_maps_p3.png": ("02", 3), "map_curves.png": ("04", 0), "confusion_matrix.png": ("04", 5),
+                  "errors.png": ("04", 6), "predictions.jpg": ("05", 0)}
 
 
 def export_figures(executed: Path, out: Path) -> list[Path]:

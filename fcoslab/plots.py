@@ -132,12 +132,14 @@ def plot_positives_per_level(counts_by_setting: dict[str, np.ndarray]):
 
 
 def plot_map_curves(histories: dict[str, list[dict]], keys: Sequence[str] = ("AP", "AP50", "AP75")):
-    """Per-epoch COCO metrics of one or several runs (one panel per metric, one line per run)."""
+    """Per-epoch metrics of one or several runs (one panel per metric, one line per run): COCO's by
+    default, any history key (``voc_mAP50``, ...) on request; a run without a key has no line there."""
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, history in histories.items():
-            epochs = [h["epoch"] for h in history]
-            ax.plot(epochs, [h[key] for h in history], marker="o", label=name)
+            points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
         ax.set_title(key)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -168,6 +170,41 @@ def plot_pr_curves(evaluator, names: Sequence[str], iou: float = 0.5):
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(confusion: dict):
+    """The confusion matrix of :func:`fcoslab.analysis.error_report` (``confusion``), counts in the cells;
+    the last row holds detections of no object, the last column objects nobody detected."""
+    matrix, names = np.asarray(confusion["matrix"]), confusion["names"]
+    size = 1.6 + 0.55 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    shown = ax.imshow(np.log1p(matrix), cmap="Blues")
+    for (i, j), n in np.ndenumerate(matrix):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=8,
+                    color="white" if shown.norm(np.log1p(n)) > 0.6 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(f"confusion at IoU {confusion['iou']:.2f}, score >= {confusion['score']:.2f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_breakdown(errors: dict):
+    """TIDE's view of :func:`fcoslab.analysis.error_report` (``errors``): how much AP50 each error type
+    would recover if it were fixed alone (bars), with how many of each there are (labels)."""
+    kinds = list(errors["dAP"])
+    fig, ax = plt.subplots(figsize=(6, 3))
+    bars = ax.bar(kinds, [100 * (errors["dAP"][k] or 0) for k in kinds], color=[_colour(i) for i in range(len(kinds))])
+    for bar, kind in zip(bars, kinds):
+        ax.annotate(f"{errors['counts'][kind]}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("AP50 recovered (points)")
+    ax.set_title(f"errors (TIDE): AP50 {100 * (errors['AP50'] or 0):.1f}; counts above the bars", fontsize=9)
     fig.tight_layout()
     return fig
 

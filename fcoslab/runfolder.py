@@ -1,8 +1,8 @@
 """The run folder and its files, written atomically (temporary file, then rename).
 
-A run folder holds ``config.json`` (the resolved config), ``last.pt`` (the checkpoint) and
-``history.json`` (one record per evaluation); :class:`RunFolder` is the only code that knows these
-names. A checkpoint holds only tensors and plain Python values, so it loads with ``weights_only=True``
+A run folder holds ``config.json`` (the resolved config), ``last.pt`` (the checkpoint), ``best.pt`` (the
+checkpoint of the best evaluation by ``eval.best_metric``) and ``history.json`` (one record per
+evaluation); :class:`RunFolder` is the only code that knows these names. A checkpoint holds only tensors and plain Python values, so it loads with ``weights_only=True``
 and can never run code. It also carries the evaluation history, so that ``history.json`` can always be
 rewritten from the last good checkpoint: a run killed at any moment never records an evaluation twice.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +61,13 @@ def set_rng_state(state: dict) -> None:
 class RunFolder:
     """One run's folder: where its config, checkpoint and history live, and how they are written."""
 
-    CONFIG, CHECKPOINT, HISTORY = "config.json", "last.pt", "history.json"
+    CONFIG, CHECKPOINT, HISTORY, BEST = "config.json", "last.pt", "history.json", "best.pt"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.config, self.checkpoint, self.history_file = (self.path / self.CONFIG, self.path / self.CHECKPOINT,
                                                            self.path / self.HISTORY)
+        self.best = self.path / self.BEST
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()
@@ -89,6 +91,10 @@ class RunFolder:
         """Save the checkpoint, then the history it carries (``state["history"]``)."""
         atomic_write(self.checkpoint, lambda tmp: torch.save(state, tmp))
         write_json(self.history_file, state["history"])  # always the checkpoint's own history
+
+    def keep_best(self) -> None:
+        """Copy the checkpoint just saved to ``best.pt`` (the evaluation it carries scored best so far)."""
+        atomic_write(self.best, lambda tmp: shutil.copyfile(self.checkpoint, tmp))
 
     def load(self) -> dict:
         return load_checkpoint(self.checkpoint)

@@ -20,11 +20,12 @@ from .runfolder import RunFolder, rng_state, set_rng_state
 from .config import Config, TrainConfig, config_from_dict, validate
 from .datasets import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
 from .errors import FcoslabError
-from .evaluate import STAT_NAMES, evaluate_model
+from .evaluate import Evaluation, evaluate_model, metric_keys
 from .inference import choose_precision, inference_layout, resolve_device, training_layout
 from .loss import FCOSCriterion
 from .finetune import apply_freeze, init_from
 from .model import build_model, load_pretrained_backbone
+from .tensorboard_log import TensorBoardLog
 
 log = logging.getLogger("fcoslab")
 
@@ -122,6 +123,9 @@ class Trainer:
                  checkpoint: Optional[dict] = None):
         self.cfg, self.folder = cfg, RunFolder(out)
         self.progress, self.on_step, self.on_eval = progress, on_step, on_eval
+        if cfg.eval.best_metric not in metric_keys(cfg.eval.metrics):
+            raise FcoslabError(f"config key 'eval.best_metric': '{cfg.eval.best_metric}' is not recorded with "
+                               f"eval.metrics={cfg.eval.metrics}; choose one of {', '.join(metric_keys(cfg.eval.metrics))}")
         self.device, self.rank, self.world = setup_device(cfg.train)
         if dist.is_main():
             self.folder.check_writable()
@@ -148,6 +152,7 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)
         self._wrap()
+        self.tensorboard = TensorBoardLog(self.folder.path) if cfg.train.tensorboard and dist.is_main() else None
         if dist.is_main():
             self.folder.start(cfg.to_dict(), self.history)
 
@@ -250,8 +255,8 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 if bar is not None:
                     bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{parts['lr']:.4g}", refresh=False)
-                if self.on_step is not None and dist.is_main():
-                    self.on_step({"epoch": self.epoch, "step": self.step, **parts})
+                if dist.is_main():
+                    self._report_step(parts)
             if bar is not None:
                 bar.update(1)
             every = self.cfg.train.checkpoint_every
@@ -261,9 +266,17 @@ class Trainer:
             bar.close()
         return {k: v / max(count, 1) for k, v in sums.items()}
 
-    def evaluate(self) -> dict[str, float]:
-        """COCO stats on the validation set, exactly as ``fcoslab evaluate`` computes them for the saved
-        checkpoint; batches are shared out over processes and the results gathered on rank 0."""
+    def _report_step(self, parts: dict) -> None:
+        record = {"epoch": self.epoch, "step": self.step, **parts}
+        if self.on_step is not None:
+            self.on_step(record)
+        if self.tensorboard is not None:
+            self.tensorboard.step(record)
+
+    def evaluate(self) -> Optional[Evaluation]:
+        """The metrics of ``eval.metrics`` on the validation set, exactly as ``fcoslab evaluate`` computes
+        them for the saved checkpoint; batches are shared out over processes, results gathered on rank 0
+        (other ranks get None)."""
         dist.broadcast_buffers(self.model)  # every process evaluates the model that rank 0 saves
         self.model.eval()
         changed = inference_layout(self.model, self.device)
@@ -274,7 +287,7 @@ class Trainer:
             if changed:
                 training_layout(self.model)
             self.model.train()
-        return evaluation.stats if evaluation is not None else {}
+        return evaluation
 
     def run(self) -> list[dict]:
         cfg = self.cfg
@@ -286,20 +299,36 @@ class Trainer:
             losses = self.train_epoch()
             self.epoch += 1
             self.batch_in_epoch = 0
+            best = False
             if self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs:
-                stats = self.evaluate()
-                if dist.is_main():
-                    record = {"epoch": self.epoch, "step": self.step,
-                              **{f"loss_{k}" if k != "loss" else "loss": round(v, 5) for k, v in losses.items() if k != "lr"},
-                              **{k: round(stats[k], 5) for k in STAT_NAMES},
-                              "seconds": round(self.elapsed + time.time() - started, 2)}
-                    self.history.append(record)
-                    log.info("epoch %d: AP %.3f AP50 %.3f AP75 %.3f", self.epoch, stats["AP"], stats["AP50"], stats["AP75"])
-                    if self.on_eval is not None:
-                        self.on_eval(record)
+                evaluation = self.evaluate()
+                if evaluation is not None:
+                    best = self._record(losses, evaluation, time.time() - started)
             self.elapsed += time.time() - started
             self.save()
+            if best and dist.is_main():
+                self.folder.keep_best()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return self.history
+
+    def _record(self, losses: dict, evaluation: Evaluation, seconds: float) -> bool:
+        """Append an evaluation to the history (rank 0); True if it is the best so far by ``eval.best_metric``."""
+        metric = self.cfg.eval.best_metric
+        previous = [h[metric] for h in self.history if h.get(metric) is not None]
+        record = {"epoch": self.epoch, "step": self.step,
+                  **{f"loss_{k}" if k != "loss" else "loss": round(v, 5) for k, v in losses.items() if k != "lr"},
+                  **evaluation.record(), "seconds": round(self.elapsed + seconds, 2)}
+        self.history.append(record)
+        log.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {record[k]:.3f}" for k in metric_keys(self.cfg.eval.metrics)
+                                                       if k in ("AP", "AP50", "AP75", "voc_mAP50", "voc_mAP")
+                                                       and record[k] is not None))
+        if self.on_eval is not None:
+            self.on_eval(record)
+        if self.tensorboard is not None:
+            self.tensorboard.evaluation(record, evaluation, self.val_set)
+        value = record.get(metric)
+        return value is not None and (not previous or value > max(previous))
 
 
 def train(cfg: Optional[Config], out: str | Path, resume: bool = False, resume_overrides: Optional[dict] = None,

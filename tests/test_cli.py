@@ -67,6 +67,25 @@ def test_evaluate_prints_summary_and_writes_results(trained_run, capsys):
     assert all(r["category_id"] in (1, 2, 3, 5) and len(r["bbox"]) == 4 for r in results)
 
 
+def test_evaluate_per_class_voc_and_analysis(trained_run, shapes_dir, tmp_path, capsys):
+    out = tmp_path / "analysis"
+    assert main(["evaluate", str(trained_run), "--out", str(tmp_path / "r.json"), "--metrics", "both", "--analysis",
+                 "--analysis-out", str(out), "--score", "0.05"]) == 0
+    text = capsys.readouterr().out
+    assert "VOC mAP@0.50 (all-point)" in text and "voc_AP50_11pt" in text and "errors (TIDE" in text
+    gt = json.loads((shapes_dir / "val.json").read_text())
+    names = [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+    assert all(any(line.startswith(name) for line in text.splitlines()) for name in names)  # one row a class
+    report = json.loads((out / "analysis.json").read_text())
+    matrix = report["confusion"]["matrix"]
+    assert report["confusion"]["names"] == names + ["background"] and len(matrix) == len(names) + 1
+    objects = sum(not a.get("iscrowd") for a in gt["annotations"])
+    assert sum(sum(row) for row in matrix[:-1]) == objects  # every object is matched or missed exactly once
+    assert set(report["errors"]["dAP"]) == {"Cls", "Loc", "Both", "Dupe", "Bkg", "Missed"}
+    assert set(report["per_class"]) == set(names)
+    assert (out / "confusion_matrix.png").stat().st_size > 1000 and (out / "errors.png").stat().st_size > 1000
+
+
 def test_evaluate_equals_the_history_of_the_checkpoint(trained_run, tmp_path):
     from fcoslab.evaluate import STAT_NAMES, evaluate_checkpoint
 

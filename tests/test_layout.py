@@ -11,10 +11,10 @@ LAYERS = [
      "datasets.yolo", "datasets.boxlist", "datasets"],
     ["points", "model", "finetune"],
     ["cuda", "ops_reference", "ops", "targets", "loss", "decode"],
-    ["inference", "voc_metrics", "error_analysis"],
+    ["inference", "draw", "voc_metrics", "error_analysis"],
     ["evaluate"],
-    ["train"],
-    ["draw", "analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision", "cli", "__main__", ""],
+    ["tensorboard_log", "train"],
+    ["analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision", "cli", "__main__", ""],
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -98,3 +98,27 @@ def test_nonfinite_losses_stop_training_and_keep_the_checkpoint(shapes_dir, tmp_
     err = capsys.readouterr().err
     assert code == 2 and "non-finite losses in a row" in err and "Traceback" not in err
     assert (run / "last.pt").read_bytes() == good
+
+
+def test_history_records_coco_voc_and_per_class_metrics_best_checkpoint_and_tensorboard(shapes_dir, tmp_path, capsys):
+    import json
+
+    from fcoslab.evaluate import evaluate_checkpoint
+
+    cfg = load_config("shapes", tiny_overrides(shapes_dir, **{
+        "train.epochs": 2, "eval.metrics": "both", "eval.best_metric": "voc_mAP50", "train.tensorboard": True}))
+    history = Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert [h["epoch"] for h in history] == [1, 2]
+    record = history[-1]
+    names = ["ellipse", "rectangle", "triangle", "cross"]
+    assert set(record["per_class_AP"]) == set(names) and set(record["voc_per_class"]) == set(names)
+    assert {"AP", "AP50", "voc_mAP", "voc_mAP50", "voc_mAP50_11pt", "voc_mAP75"} <= set(record)
+    best_epoch = max(history, key=lambda h: h["voc_mAP50"])["epoch"]
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["epoch"] == best_epoch and best["history"][-1]["voc_mAP50"] == max(h["voc_mAP50"] for h in history)
+    assert json.loads((tmp_path / "run" / "history.json").read_text()) == history
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    again = evaluate_checkpoint(tmp_path / "run", device="cpu")  # the run's metrics, the same numbers
+    assert again.record()["voc_mAP50"] == record["voc_mAP50"] and again.record()["AP"] == record["AP"]
+    with pytest.raises(FcoslabError, match="eval.best_metric.*voc_mAP50.*eval.metrics=coco"):
+        Trainer(cfg.replace(**{"eval.metrics": "coco"}), tmp_path / "other", progress=False)

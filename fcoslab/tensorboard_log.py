@@ -1,0 +1,76 @@
+"""Optional TensorBoard logging of a training run (``train.tensorboard=true``), into ``RUN/tensorboard``.
+
+``history.json`` stays the record of a run; this mirrors it for people who watch runs in TensorBoard:
+training losses and learning rate, every metric of every evaluation (per-class AP too), COCO's
+precision-recall curves at IoU 0.5 for each class, and a few validation images with their detections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .boxes import xywh_to_xyxy
+from .draw import draw_detections
+from .errors import FcoslabError
+
+IMAGES = 4  # validation images drawn at each evaluation
+SCORE = 0.3  # detections drawn from this score
+
+
+class TensorBoardLog:
+    """A ``SummaryWriter`` fed by the trainer's steps and evaluations (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, every: int = 20):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise FcoslabError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        self.writer, self.every = SummaryWriter(str(Path(run_dir) / "tensorboard")), every
+
+    def step(self, record: dict) -> None:
+        """One training step's record (``step``, ``loss``, loss parts, ``lr``): logged every ``every`` steps."""
+        if record["step"] % self.every == 0:
+            for key, value in record.items():
+                if key not in ("epoch", "step"):
+                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+
+    def evaluation(self, record: dict, evaluation, dataset) -> None:
+        """An evaluation: its history ``record``, the :class:`fcoslab.evaluate.Evaluation` and the validation set."""
+        step = record["step"]
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                self.writer.add_scalar(f"val/{key}", value, step)
+        for name, value in record.get("per_class_AP", {}).items():
+            if value is not None:
+                self.writer.add_scalar(f"val_per_class_AP/{name}", value, step)
+        if evaluation.evaluator is not None:
+            self._pr_curves(evaluation, step)
+        self._images(evaluation, dataset, step)
+        self.writer.flush()
+
+    def _pr_curves(self, evaluation, step: int) -> None:
+        recall = np.asarray(evaluation.evaluator.params.recThrs)  # (R,)
+        precision = evaluation.evaluator.eval["precision"][0, :, :, 0, -1]  # (R, K) at IoU 0.5, all areas, 100 dets
+        zeros = np.zeros_like(recall)
+        for k, name in enumerate(evaluation.class_names):
+            p = precision[:, k]
+            if (p > -1).any():
+                self.writer.add_pr_curve_raw(f"pr_iou50/{name}", zeros, zeros, zeros, zeros, np.clip(p, 0, 1)[::-1],
+                                             recall[::-1], step, num_thresholds=len(recall))
+
+    def _images(self, evaluation, dataset, step: int) -> None:
+        to_label = dataset.index.cat_id_to_label()
+        for i in range(min(IMAGES, len(dataset))):
+            image_id = dataset.images[i]["id"]
+            mine = [r for r in evaluation.results if r["image_id"] == image_id and r["score"] >= SCORE]
+            det = {"boxes": xywh_to_xyxy(torch.tensor([r["bbox"] for r in mine], dtype=torch.float32).reshape(-1, 4)),
+                   "scores": torch.tensor([r["score"] for r in mine]),
+                   "labels": torch.tensor([to_label.get(r["category_id"], 0) for r in mine], dtype=torch.int64)}
+            picture = draw_detections(dataset.load_image(i), det, dataset.index.names)
+            self.writer.add_image(f"val_images/{i}", np.asarray(picture), step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.close()
