@@ -55,6 +55,10 @@ class DataConfig:
     # antialias: uint8 resize with antialiasing to round(side * scale); interpolate: torchvision's detection
     # transform (float bilinear without antialiasing, sides floor(side * scale)), for imported torchvision models
     resize: str = "antialias"
+    # >0: square inputs of this side: training takes a random resized crop (area 30-100%, aspect 3:4-4:3) of
+    # the image, evaluation resizes the whole image to the square (aspect not kept); min_size etc. unused
+    square_size: int = 0
+    min_box_area: float = 0.0  # training boxes smaller than this (px^2, after the resize) are dropped
     pad_with_mean: bool = False  # pad with the ImageNet mean colour, i.e. zeros after normalisation (torchvision)
 
 
@@ -406,6 +410,8 @@ def validate(cfg: Config) -> None:
     if cfg.train.images_per_epoch and cfg.train.images_per_epoch < cfg.train.batch_size:
         raise FcoslabError(f"config key 'train.images_per_epoch' must be 0 (one pass over the data) or at least "
                            f"train.batch_size ({cfg.train.batch_size}), got {cfg.train.images_per_epoch}")
+    if cfg.data.square_size < 0 or cfg.data.min_box_area < 0:
+        raise FcoslabError("config keys 'data.square_size' and 'data.min_box_area' must be 0 (off) or positive")
     if m.pad_multiple < 0 or (m.pad_multiple and m.pad_multiple % 32):
         raise FcoslabError(f"config key 'model.pad_multiple' must be 0 (the largest stride) or a multiple of 32 "
                            f"(the backbone's C5 stride), got {m.pad_multiple}")

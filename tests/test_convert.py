@@ -385,20 +385,57 @@ def test_convert_errors_exit_2_and_write_nothing(tmp_path, args, message, capsys
     assert not list(tmp_path.glob("o.json*"))
 
 
-def test_train_and_evaluate_on_a_converted_voc_copy(voc_copy, shapes_dir, tmp_path, capsys):
-    classes = ["--classes", str(voc_copy.parent / "classes.txt")]
+def converted_splits(fmt: str, shapes_dir: Path, voc_copy: Path, tmp: Path) -> dict[str, tuple[str, str]]:
+    """Train and val splits of the shapes set converted back to COCO from a ``fmt`` copy: {split: (json, images)}."""
+    out = {}
     for split in ("train", "val"):
-        assert main(["convert", "--from", "voc", "--root", str(voc_copy), "--split", split, *classes,
-                     "--out", str(tmp_path / f"{split}.json")]) == 0
-    images = str(voc_copy / "JPEGImages")
-    overrides = tiny_overrides(shapes_dir, **{"data.train_ann": str(tmp_path / "train.json"), "data.train_images": images,
-                                              "data.val_ann": str(tmp_path / "val.json"), "data.val_images": images})
+        data = read_coco_json(shapes_dir / f"{split}.json")
+        if fmt == "voc":
+            args = ["--root", str(voc_copy), "--split", split, "--classes", str(voc_copy.parent / "classes.txt")]
+            images = str(voc_copy / "JPEGImages")
+        elif fmt == "yolo":
+            image_dir, labels, names = write_yolo(tmp / f"yolo_{split}", data, shapes_dir / split)
+            args, images = ["--images", str(image_dir), "--labels", str(labels), "--names", str(names)], str(image_dir)
+        else:
+            list_file, names = write_list(tmp / f"list_{split}", data)
+            args = ["--list", str(list_file), "--images", str(shapes_dir / split), "--names", str(names)]
+            images = str(shapes_dir / split)
+        assert main(["convert", "--from", fmt, *args, "--out", str(tmp / f"{split}.json")]) == 0
+        out[split] = (str(tmp / f"{split}.json"), images)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["voc", "yolo", "list"])
+def test_train_and_evaluate_on_a_converted_copy(fmt, voc_copy, shapes_dir, tmp_path, capsys):
+    splits = converted_splits(fmt, shapes_dir, voc_copy, tmp_path)
+    extra = {"data.train_ann": splits["train"][0], "data.train_images": splits["train"][1],
+             "data.val_ann": splits["val"][0], "data.val_images": splits["val"][1], "eval.metrics": "both"}
+    if fmt == "voc":  # the seed_voc pipeline: random square crops, small boxes dropped
+        extra.update({"data.square_size": 64, "data.min_box_area": 32})
+    overrides = tiny_overrides(shapes_dir, **extra)
     sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
     assert main(["train", "--quiet", "--out", str(tmp_path / "run"), "--set", *sets]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history) == 1 and history[0]["step"] == 6 and 0 <= history[0]["AP"] <= 1
+    assert set(history[0]["voc_per_class"]) == set(SHAPES_CLASSES)
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "res.json")]) == 0
     assert capsys.readouterr().out.count("Average Precision") == 6
     results = json.loads((tmp_path / "res.json").read_text())
     assert all(r["category_id"] in (1, 2, 3, 4) for r in results)
+
+
+def test_seed_voc_preset_reads_the_converted_layout_and_makes_squares(voc_copy):
+    from fcoslab.config import load_config
+    from fcoslab.datasets import CocoDetection, build_transforms
+
+    cfg = load_config("seed_voc")
+    assert cfg.data.train_images.endswith("data/voc") and cfg.eval.metrics == "both"
+    data = cfg.data
+    dataset = CocoDetection(voc_copy / "x.json", voc_copy / "JPEGImages", check_images=False,
+                            data=voc_to_coco([voc_copy], "train", SHAPES_CLASSES).coco)
+    for train in (True, False):
+        image, target = build_transforms(data, train)(*dataset.raw_item(0))
+        assert tuple(image.shape[-2:]) == (641, 641)
+        boxes = target["boxes"]
+        assert train is False or bool(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) >= 32).all())

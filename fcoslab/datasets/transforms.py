@@ -52,7 +52,14 @@ class ResizeShortest:
 
 
 def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
-    steps = [ResizeShortest(cfg.min_size if train else cfg.test_min_size, cfg.max_size, cfg.resize)]
+    """The resize (shortest side, or ``square_size``), flips and colour jitter for training, then float
+    pixels in [0, 1] and boxes of at least 1 px (and ``min_box_area`` in training)."""
+    if cfg.square_size:
+        S = cfg.square_size
+        steps = [v2.RandomResizedCrop((S, S), scale=(0.3, 1.0), antialias=True) if train
+                 else v2.Resize((S, S), antialias=True)]
+    else:
+        steps = [ResizeShortest(cfg.min_size if train else cfg.test_min_size, cfg.max_size, cfg.resize)]
     if cfg.resize == "interpolate":  # torchvision resizes the float image
         steps.insert(0, v2.ToDtype(torch.float32, scale=True))
     if train and cfg.hflip > 0:
@@ -62,7 +69,7 @@ def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
     if cfg.resize != "interpolate":
         steps.append(v2.ToDtype(torch.float32, scale=True))
-    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0))
+    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, min_area=max(1.0, cfg.min_box_area) if train else 1.0))
     return v2.Compose(steps)
 
 
