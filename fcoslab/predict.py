@@ -15,7 +15,7 @@ from .draw import draw_detections
 from .errors import FcoslabError
 from .inference import Predictor
 
-__all__ = ["Predictor", "list_images", "predict_files"]
+__all__ = ["Predictor", "images_to_show", "list_images", "predict_files"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -56,3 +56,26 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                                                           det["labels"].tolist())]})
     write_json(out / "detections.json", records)
     return records
+
+
+def images_to_show(predictor: Predictor, my_images: Sequence[str | Path] = ()):
+    """The run's validation set when it is on this machine, else ``my_images`` as a dataset without ground
+    truth (an imported torchvision model has COCO's paths, which another machine may not have)."""
+    import os
+
+    from .datasets import CocoDetection
+
+    data = predictor.cfg.data
+    if Path(data.val_ann).is_file() and Path(data.val_images).is_dir():
+        return CocoDetection(data.val_ann, data.val_images)
+    if not my_images:
+        raise FcoslabError(f"the run's validation set ({data.val_ann}) is not on this machine: give your own "
+                           "images (MY_IMAGES in notebook 05)")
+    files = [f.resolve() for f in list_images(my_images)]
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    images = []
+    for i, f in enumerate(files, 1):
+        width, height = read_image(f).size
+        images.append({"id": i, "file_name": str(f.relative_to(root)), "width": width, "height": height})
+    categories = [{"id": c, "name": n} for c, n in zip(predictor.cat_ids, predictor.class_names)]
+    return CocoDetection(root / "images.json", root, data={"images": images, "annotations": [], "categories": categories})

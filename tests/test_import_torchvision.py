@@ -91,3 +91,18 @@ def test_command_line_import_then_predict_and_a_foreign_dataset(imported, shapes
     capsys.readouterr()
     assert main(["evaluate", str(run), "--ann", str(shapes_dir / "val.json"), "--images", str(shapes_dir / "val")]) == 2
     assert "val.json has category 1 'ellipse', but the model's category 1 is 'person'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_notebook_05_opens_an_imported_run(imported, shapes_dir, tmp_path):
+    import json
+
+    from fcoslab.notebooks import execute_notebook, notebook_paths
+
+    _, run = imported  # its validation set is COCO's, not on this machine: the notebook shows MY_IMAGES
+    files = [str(p) for p in sorted((shapes_dir / "val").glob("*.png"))[:3]]
+    executed = execute_notebook(notebook_paths(["05"])[0], tmp_path, {"RUN_DIR": str(run), "MY_IMAGES": files,
+                                                                     "N_SHOW": 2, "SCORE": 0.2})
+    nb = json.loads(executed.read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert list((tmp_path / "figures").glob("05_*.png"))
