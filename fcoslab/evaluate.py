@@ -1,10 +1,12 @@
-"""COCO evaluation with pycocotools: detections -> COCO results json -> the 12 COCOeval numbers."""
+"""COCO evaluation: detections -> COCO results json -> the 12 COCOeval numbers, computed by pycocotools or
+by faster-coco-eval (``eval.backend``), which gives the same numbers and ``eval["precision"]`` sooner."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -17,6 +19,7 @@ from .datasets.coco import CocoIndex, coco_api
 from .errors import FcoslabError
 from .inference import Precision, Predictor, predict_batches
 
+COCO_BACKENDS = ("pycocotools", "faster")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 _SUMMARY_ROWS = [  # (metric, iou, area, maxDets) in the order pycocotools prints them
     ("Average Precision", "0.50:0.95", "all", 100), ("Average Precision", "0.50", "all", 100),
@@ -62,19 +65,42 @@ def check_categories(dataset_index: CocoIndex, cat_ids: list[int], class_names: 
                            f"the model's: {', '.join(f'{i} {m}' for i, m in list(model.items())[:6])}, ...)")
 
 
-def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] = None):
-    """Score COCO results against a ground-truth dict (as :func:`read_coco_json` returns it).
+def coco_backend(backend: str = "pycocotools"):
+    """``(make_coco, COCOeval)`` of an ``eval.backend``: a function from a ground-truth dict to its ``COCO``
+    object, and the evaluator class. Both backends' evaluators expose the same ``params`` (``iouThrs`` (T,),
+    ``recThrs`` (R,)), ``eval["precision"]`` (T, R, K, A, M) and ``stats`` (12,); faster-coco-eval fills
+    ``eval`` in ``evaluate()`` already and keeps no ``evalImgs``. Neither prints."""
+    if backend == "pycocotools":
+        from pycocotools.cocoeval import COCOeval
+
+        return coco_api, COCOeval
+    if backend == "faster":
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError as e:
+            raise FcoslabError("eval.backend=faster needs faster-coco-eval: pip install faster-coco-eval") from e
+
+        def quiet(*args, **kwargs):  # faster-coco-eval logs through print_function instead of printing
+            pass
+
+        return partial(COCO, print_function=quiet), partial(COCOeval_faster, print_function=quiet)
+    raise FcoslabError(f"config key 'eval.backend': '{backend}' is not one of {', '.join(COCO_BACKENDS)}")
+
+
+def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] = None,
+                  backend: str = "pycocotools"):
+    """Score COCO results against a ground-truth dict (as :func:`read_coco_json` returns it), with
+    pycocotools or faster-coco-eval (``backend``, see :func:`coco_backend`).
 
     An empty result list scores 0 everywhere (pycocotools' ``loadRes([])`` would raise IndexError).
 
     Returns:
         (stats dict keyed by :data:`STAT_NAMES`, the ``COCOeval`` object or None when there were no results).
     """
-    from pycocotools.cocoeval import COCOeval
-
+    make_coco, COCOeval = coco_backend(backend)  # first, so a missing package fails even without results
     if not results:
         return {name: 0.0 for name in STAT_NAMES}, None
-    coco_gt = coco_api(gt)
+    coco_gt = make_coco(gt)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
@@ -135,11 +161,14 @@ def metric_keys(metrics: str) -> list[str]:
     return coco + (["voc_mAP", "voc_mAP50", "voc_mAP50_11pt", "voc_mAP75"] if metrics in ("voc", "both") else [])
 
 
-def score_results(gt: dict, results: list[dict], class_names: list[str], metrics: str = "coco") -> Evaluation:
-    """Score COCO ``results`` against ``gt`` with the metrics ``eval.metrics`` names."""
+def score_results(gt: dict, results: list[dict], class_names: list[str], metrics: str = "coco",
+                  backend: str = "pycocotools") -> Evaluation:
+    """Score COCO ``results`` against ``gt`` with the metrics ``eval.metrics`` names, COCO's computed by
+    ``eval.backend``."""
     from .voc_metrics import voc_evaluate
 
-    stats, evaluator = coco_evaluate(gt, results) if metrics in ("coco", "both") else ({}, None)
+    coco = metrics in ("coco", "both")
+    stats, evaluator = coco_evaluate(gt, results, backend=backend) if coco else ({}, None)
     voc = voc_evaluate(gt, results) if metrics in ("voc", "both") else None
     return Evaluation(stats, results, evaluator, class_names, gt, voc)
 
@@ -160,7 +189,7 @@ def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision:
         results = [r for part in dist.all_gather_objects(results) for r in part]
         if rank != 0:
             return None
-    return score_results(dataset.data, results, list(dataset.index.names), cfg.eval.metrics)
+    return score_results(dataset.data, results, list(dataset.index.names), cfg.eval.metrics, cfg.eval.backend)
 
 
 def per_class_ap(evaluator, iou: Optional[float] = None) -> np.ndarray:
@@ -180,9 +209,10 @@ def per_class_ap(evaluator, iou: Optional[float] = None) -> np.ndarray:
 
 def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, image_dir: Optional[str] = None,
                         results_out: Optional[str | Path] = None, device: str = "auto",
-                        metrics: Optional[str] = None) -> Evaluation:
+                        metrics: Optional[str] = None, backend: Optional[str] = None) -> Evaluation:
     """Evaluate a run folder or checkpoint on its validation set (or ``ann_file`` + ``image_dir``), with
-    the run's precision rule, evaluation batch size and ``eval.metrics`` (or ``metrics``): on the run's
+    the run's precision rule, evaluation batch size, ``eval.metrics`` (or ``metrics``) and ``eval.backend``
+    (or ``backend``; a run saved before ``eval.backend`` existed uses pycocotools): on the run's
     validation set and the same kind of device, the numbers equal those in its ``history.json``. Writes
     the results json when ``results_out``.
     """
@@ -196,8 +226,9 @@ def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, 
     ann_file, image_dir = ann_file or cfg.data.val_ann, image_dir or cfg.data.val_images
     dataset = CocoDetection(ann_file, image_dir, build_transforms(cfg.data, train=False))
     check_categories(dataset.index, predictor.cat_ids, predictor.class_names, ann_file)
-    if metrics is not None:
-        cfg = cfg.replace(**{"eval.metrics": metrics})
+    overrides = {key: value for key, value in (("eval.metrics", metrics), ("eval.backend", backend)) if value}
+    if overrides:
+        cfg = cfg.replace(**overrides)
     evaluation = evaluate_model(predictor.model, dataset, cfg, predictor.device, predictor.precision,
                                 cat_ids=predictor.cat_ids)
     if results_out is not None:

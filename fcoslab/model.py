@@ -1,4 +1,4 @@
-"""The FCOS network: ResNet backbone, FPN P3-P7 and a shared head.
+"""The FCOS network: ResNet backbone, FPN P3-P7 (or P2-P7) and a shared head.
 
 ``forward`` returns raw head outputs in train and eval mode; targets, losses and decoding are plain
 functions elsewhere. Images come in as float (B, 3, H, W) in [0, 1]; ImageNet normalisation is the
@@ -28,10 +28,10 @@ log = logging.getLogger("fcoslab")
 _BLOCKS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}  # BasicBlock nets
 
 
-def backbone_channels(name: str, width: int = 64) -> tuple[int, int, int]:
-    """Channels of C3, C4, C5 for a backbone whose first stage has ``width`` channels."""
+def backbone_channels(name: str, width: int = 64, from_c2: bool = False) -> tuple[int, ...]:
+    """Channels of C3, C4, C5 (C2 first with ``from_c2``) for a backbone whose first stage has ``width`` channels."""
     expansion = 1 if name in _BLOCKS else 4  # BasicBlock or Bottleneck
-    return 2 * width * expansion, 4 * width * expansion, 8 * width * expansion
+    return tuple(2 ** k * width * expansion for k in range(0 if from_c2 else 1, 4))
 
 
 def build_resnet(name: str, norm_layer, width: int = 64) -> nn.Module:
@@ -93,7 +93,8 @@ def fold_frozen_bn(net: nn.Module) -> None:
 
 
 class Backbone(nn.Module):
-    """A torchvision ResNet returning C3, C4, C5 (strides 8, 16, 32)."""
+    """A torchvision ResNet returning C3, C4, C5 (strides 8, 16, 32), with C2 (stride 4) first when the
+    pyramid starts at stride 4."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -103,7 +104,8 @@ class Backbone(nn.Module):
             fold_frozen_bn(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = backbone_channels(cfg.backbone, cfg.backbone_width)
+        self.from_c2 = cfg.strides[0] == 4
+        self.out_channels = backbone_channels(cfg.backbone, cfg.backbone_width, self.from_c2)
         for stage in [self.stem, self.layer1, self.layer2, self.layer3, self.layer4][: cfg.freeze_at]:
             stage.requires_grad_(False)
 
@@ -133,7 +135,7 @@ class Backbone(nn.Module):
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
-        return [c3, c4, c5]
+        return [c2, c3, c4, c5] if self.from_c2 else [c3, c4, c5]
 
 
 def load_pretrained_backbone(model: "FCOS", cfg: ModelConfig) -> None:
@@ -153,10 +155,10 @@ def load_pretrained_backbone(model: "FCOS", cfg: ModelConfig) -> None:
 
 
 class FPN(nn.Module):
-    """Feature pyramid P3-P5 from C3-C5, then ``extra_levels`` (0-2) more: P6 from P5 (or C5) by a
-    stride-2 conv, P7 from relu(P6)."""
+    """Feature pyramid P3-P5 from C3-C5 (or P2-P5 from C2-C5), then ``extra_levels`` (0-2) more: P6 from
+    P5 (or C5) by a stride-2 conv, P7 from relu(P6)."""
 
-    def __init__(self, in_channels: tuple[int, int, int], channels: int, p6_from: str, extra_levels: int = 2):
+    def __init__(self, in_channels: tuple[int, ...], channels: int, p6_from: str, extra_levels: int = 2):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
@@ -255,7 +257,7 @@ class FCOS(nn.Module):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
         self.backbone = Backbone(cfg)
-        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.p6_from, extra_levels=len(cfg.strides) - 3)
+        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.p6_from, extra_levels=sum(s > 32 for s in cfg.strides))
         self.head = Head(cfg, num_classes)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -14,6 +14,7 @@ from .decode import one_class_per_object
 from .draw import draw_detections
 from .errors import FcoslabError
 from .inference import Predictor
+from .tiling import predict_tiled
 
 __all__ = ["Predictor", "images_to_show", "list_images", "predict_files"]
 
@@ -34,16 +35,17 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path,
-                  score_thresh: float = 0.3, one_class: bool = False) -> list[dict]:
+                  score_thresh: float = 0.3, one_class: bool = False, tile: int = 0, overlap: float = 0.2) -> list[dict]:
     """Predict on image files (EXIF orientation applied), write ``OUT/NAME.png`` with the boxes drawn and
     ``OUT/detections.json``. ``one_class`` keeps only the best of overlapping boxes of different classes
-    (:func:`fcoslab.decode.one_class_per_object`). Returns the records written to the json."""
+    (:func:`fcoslab.decode.one_class_per_object`); ``tile`` > 0 predicts from overlapping tiles of that
+    side and the whole image (:func:`fcoslab.tiling.predict_tiled`). Returns the records written to the json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for path in list_images(inputs):
         image = read_image(path, exif_transpose=True)
-        det = predictor([image])[0]
+        det = predict_tiled(predictor, image, tile, overlap) if tile else predictor([image])[0]
         if one_class:
             det = one_class_per_object(det, predictor.cfg.decode.nms_thresh)
         keep = det["scores"] >= score_thresh

@@ -1,12 +1,17 @@
+import copy
 import json
+import sys
 
+import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from fcoslab.config import config_from_dict, load_config
 from fcoslab.datasets import CocoIndex, check_coco_dict
-from fcoslab.evaluate import STAT_NAMES, coco_evaluate, summary_text, to_coco_results
+from fcoslab.errors import FcoslabError
+from fcoslab.evaluate import STAT_NAMES, coco_evaluate, per_class_ap, score_results, summary_text, to_coco_results
 
 
 def gt_dict():
@@ -63,3 +68,119 @@ def test_ground_truth_without_iscrowd_or_area():
     assert all("iscrowd" in a and "area" in a for a in gt["annotations"])
     stats, _ = coco_evaluate(gt, perfect_detections())
     assert stats["AP"] == pytest.approx(1.0)
+
+
+# eval.backend: faster-coco-eval against pycocotools on generated COCO-like data
+
+CAT_IDS = (1, 3, 4, 7, 12, 90)  # non-contiguous, like COCO's
+
+
+def random_ground_truth(seed: int, images: int = 40, objects: int = 6, crowd: float = 0.06) -> dict:
+    """``images`` 640x480 images with 0 to 2 * ``objects`` boxes each, sides from 3 to 400 px (small, medium
+    and large objects), a fraction ``crowd`` of them crowd boxes; category 7 never appears (no ground truth)."""
+    g = np.random.default_rng(seed)
+    anns = []
+    for image_id in range(1, images + 1):
+        for _ in range(g.integers(0, 2 * objects + 1)):
+            side, aspect = np.exp(g.uniform(np.log(3), np.log(400))), np.exp(g.uniform(-1, 1))
+            w, h = min(side * aspect ** 0.5, 639.0), min(side / aspect ** 0.5, 479.0)
+            anns.append({"image_id": image_id, "category_id": int(g.choice([c for c in CAT_IDS if c != 7])),
+                         "bbox": [g.uniform(0, 640 - w), g.uniform(0, 480 - h), w, h],
+                         "iscrowd": int(g.random() < crowd)})
+    images_ = [{"id": i, "file_name": f"{i}.jpg", "width": 640, "height": 480} for i in range(1, images + 1)]
+    categories = [{"id": c, "name": f"c{c}"} for c in CAT_IDS]
+    return check_coco_dict({"images": images_, "annotations": anns, "categories": categories}, "gt")
+
+
+def random_detections(gt: dict, seed: int, extra: int = 8) -> list[dict]:
+    """Noisy copies of the ground truth (some with the wrong category, some twice), ``extra`` random boxes
+    per image, and 150 on image 1 (past maxDets=100); scores rounded as :func:`to_coco_results` rounds them."""
+    g = np.random.default_rng(seed)
+    results = []
+
+    def add(image_id, category_id, box):
+        results.append({"image_id": image_id, "category_id": int(category_id),
+                        "bbox": [round(float(v), 2) for v in box], "score": round(float(g.random()), 5)})
+
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        for _ in range(g.integers(0, 3)):
+            jitter = g.normal(0, 0.1, 4) * [w, h, w, h]
+            category = a["category_id"] if g.random() < 0.9 else g.choice(CAT_IDS)
+            add(a["image_id"], category, [x + jitter[0], y + jitter[1], max(w + jitter[2], 1), max(h + jitter[3], 1)])
+    for image in gt["images"]:
+        for _ in range(150 if image["id"] == 1 else extra):
+            w, h = g.uniform(2, 300, 2)
+            add(image["id"], g.choice(CAT_IDS), [g.uniform(0, 640 - w), g.uniform(0, 480 - h), w, h])
+    return results
+
+
+def both_backends(gt: dict, results: list[dict], image_ids=None):
+    """``coco_evaluate`` with each backend, each on its own copy (COCO objects annotate the dicts)."""
+    return [coco_evaluate(copy.deepcopy(gt), copy.deepcopy(results), image_ids, backend=b)
+            for b in ("pycocotools", "faster")]
+
+
+@pytest.mark.parametrize("case", ["random", "random_subset", "perfect"])
+def test_faster_backend_gives_pycocotools_numbers(case, capsys):
+    pytest.importorskip("faster_coco_eval")
+    gt = random_ground_truth(seed=3)
+    if case == "perfect":
+        results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+                   for a in gt["annotations"] if not a["iscrowd"]]
+    else:
+        results = random_detections(gt, seed=4)
+    image_ids = list(range(1, 41, 3)) if case == "random_subset" else None
+    (stats, reference), (fast_stats, fast) = both_backends(gt, results, image_ids)
+    assert capsys.readouterr().out == ""
+    assert type(fast).__module__.startswith("faster_coco_eval")
+    assert [fast_stats[k] for k in STAT_NAMES] == pytest.approx([stats[k] for k in STAT_NAMES], abs=1e-4)
+    assert 0.05 < stats["AP"] < 0.9 or (case == "perfect" and stats["AP"] == pytest.approx(1.0))
+    assert stats["APs"] > -1 and stats["APm"] > -1 and stats["APl"] > -1  # every size range has objects
+    assert fast.eval["precision"].shape == reference.eval["precision"].shape  # (T, R, K, A, M)
+    np.testing.assert_array_equal(fast.params.recThrs, reference.params.recThrs)
+    for iou in (None, 0.5):
+        ap, fast_ap = per_class_ap(reference, iou), per_class_ap(fast, iou)
+        assert np.isnan(ap[CAT_IDS.index(7)]) and np.isnan(fast_ap[CAT_IDS.index(7)])  # no ground truth
+        np.testing.assert_allclose(fast_ap, ap, atol=1e-4, rtol=0)
+
+
+def test_faster_backend_without_results_scores_zero():
+    pytest.importorskip("faster_coco_eval")
+    (stats, evaluator), (fast_stats, fast) = both_backends(random_ground_truth(seed=5), [])
+    assert evaluator is None and fast is None and fast_stats == stats == {k: 0.0 for k in STAT_NAMES}
+
+
+def test_score_results_threads_the_backend():
+    pytest.importorskip("faster_coco_eval")
+    gt = random_ground_truth(seed=6, images=12)
+    results = random_detections(gt, seed=7)
+    names = [f"c{c}" for c in CAT_IDS]
+    plain = score_results(copy.deepcopy(gt), copy.deepcopy(results), names, "both")
+    fast = score_results(copy.deepcopy(gt), copy.deepcopy(results), names, "both", backend="faster")
+    assert type(fast.evaluator).__module__.startswith("faster_coco_eval")
+    record, fast_record = plain.record(), fast.record()
+    assert fast_record.pop("voc_per_class") == record.pop("voc_per_class")  # fcoslab's own VOC metrics
+    assert fast_record.pop("per_class_AP") == pytest.approx(record.pop("per_class_AP"), abs=2e-5)  # 5 digits
+    assert record["AP"] > 0.05 and fast_record == pytest.approx(record, abs=2e-5)
+
+
+def test_backend_config_key_round_trips_and_is_checked():
+    cfg = load_config("shapes", ["eval.backend=faster"])
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))).eval.backend == "faster"
+    assert load_config("shapes").eval.backend == "pycocotools"
+    with pytest.raises(FcoslabError, match="'eval.backend': 'fast' is not one of pycocotools, faster"):
+        load_config("shapes", ["eval.backend=fast"])
+    with pytest.raises(FcoslabError, match="'eval.backend': 'fast' is not one of pycocotools, faster"):
+        coco_evaluate(gt_dict(), perfect_detections(), backend="fast")
+
+
+def test_faster_backend_without_the_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import faster_coco_eval -> ImportError
+    message = r"eval.backend=faster needs faster-coco-eval: pip install faster-coco-eval"
+    for results in (perfect_detections(), []):
+        with pytest.raises(FcoslabError, match=message):
+            coco_evaluate(gt_dict(), results, backend="faster")
+    with pytest.raises(FcoslabError, match=message):
+        score_results(gt_dict(), perfect_detections(), ["a", "b"], backend="faster")
+    assert coco_evaluate(gt_dict(), perfect_detections())[0]["AP"] == pytest.approx(1.0)  # pycocotools still works

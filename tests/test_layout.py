@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fcoslab"
 LAYERS = [
-    ["errors", "files", "config", "boxes", "distributed", "runfolder"],
+    ["errors", "files", "coerce", "config", "boxes", "distributed", "runfolder"],
     ["datasets.coco", "datasets.shapes", "datasets.transforms", "datasets.loader", "datasets.convert", "datasets.voc",
      "datasets.yolo", "datasets.boxlist", "datasets"],
     ["points", "model", "finetune"],
@@ -14,7 +14,7 @@ LAYERS = [
     ["inference", "draw", "voc_metrics", "error_analysis"],
     ["evaluate"],
     ["tensorboard_log", "train"],
-    ["analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision", "cli", "__main__", ""],
+    ["tiling", "analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision", "export", "cli", "__main__", ""],
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

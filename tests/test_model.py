@@ -99,27 +99,35 @@ def test_pretrained_backbone_loads_after_the_model_is_built(tmp_path):
         load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(tmp_path / "other.pth")}).model)
 
 
-@pytest.mark.parametrize("strides", [(8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 128)])
-def test_strides_choose_the_pyramid_levels(strides):
-    ranges = [[-1, 32], [32, 64], [64, 128], [128, 256], [256, 1e8]][: len(strides)]
+@pytest.mark.parametrize("strides", [(8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 128), (4, 8, 16, 32),
+                                     (4, 8, 16, 32, 64), (4, 8, 16, 32, 64, 128)])
+def test_strides_choose_the_pyramid_levels_and_train_a_step(strides):
+    bounds = {4: -1, 8: 16, 16: 32, 32: 64, 64: 128, 128: 256}
+    ranges = [[-1 if s == strides[0] else bounds[s], bounds[s] * 4 if s != strides[-1] else 1e8] for s in strides]
+    for i in range(1, len(ranges)):
+        ranges[i][0] = ranges[i - 1][1]
     cfg = load_config("shapes", {"model.strides": list(strides), "assign.regress_ranges": ranges})
     model = build_model(cfg, 4)
-    out = model(torch.rand(1, 3, 128, 128))
+    out = model(torch.rand(2, 3, 128, 128))
     assert out["level_sizes"] == [(128 // s, 128 // s) for s in strides]
     assert out["cls_logits"].shape[1] == sum((128 // s) ** 2 for s in strides)
-    assert (model.fpn.p7 is None) == (len(strides) < 5) and (model.fpn.p6 is None) == (len(strides) < 4)
-    assert len(model.head.scales) == len(strides)
+    assert (model.fpn.p7 is None) == (128 not in strides) and (model.fpn.p6 is None) == (64 not in strides)
+    assert len(model.head.scales) == len(strides) and len(model.fpn.lateral) == (4 if strides[0] == 4 else 3)
     from fcoslab.decode import decode
     from fcoslab.loss import FCOSCriterion
 
-    terms, stats = FCOSCriterion(cfg.assign, cfg.loss)(out, torch.tensor([[[10.0, 10.0, 90.0, 70.0]]]),
-                                                       torch.tensor([[1]]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    terms, stats = FCOSCriterion(cfg.assign, cfg.loss)(out, torch.tensor([[[10.0, 10.0, 90.0, 70.0]]] * 2),
+                                                       torch.tensor([[1]] * 2))
     assert torch.isfinite(terms["loss"]) and stats["num_pos"] > 0
+    terms["loss"].backward()  # a training step through every level, P2 included
+    assert model.fpn.lateral[0].weight.grad.abs().sum() > 0
+    optimizer.step()
     size = torch.tensor([[128, 128]])
-    assert len(decode(out, size, size, cfg.decode)) == 1
+    assert len(decode(model(torch.rand(1, 3, 128, 128)), size, size, cfg.decode)) == 1
 
 
-@pytest.mark.parametrize("strides", [[4, 8, 16, 32, 64], [8, 16, 32, 64, 128, 256], [8, 16]])
+@pytest.mark.parametrize("strides", [[2, 4, 8, 16, 32], [8, 16, 32, 64, 128, 256], [8, 16], [4, 16, 32]])
 def test_other_strides_are_refused_by_name(strides):
     ranges = [[0, 1e8]] * len(strides)
     with pytest.raises(FcoslabError, match="model.strides"):
