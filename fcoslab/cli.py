@@ -1,4 +1,5 @@
-"""The ``fcoslab`` command line: presets, make-shapes, convert, check-data, train, evaluate, predict.
+"""The ``fcoslab`` command line: presets, make-shapes, make-cocolike, convert, check-data, train, evaluate,
+predict, export.
 
 User mistakes print one line, ``fcoslab: error: ...``, and exit with status 2. Training runs under
 torchrun unchanged: ``torchrun --nproc_per_node=8 -m fcoslab train ...``.
@@ -27,6 +28,13 @@ def _cmd_make_shapes(args) -> None:
     from .datasets import make_shapes
 
     paths = make_shapes(args.out, args.train, args.val, args.image_size, args.seed, args.min_side)
+    print(f"wrote {args.train} train and {args.val} val images: {paths['train']}, {paths['val']}")
+
+
+def _cmd_make_cocolike(args) -> None:
+    from .datasets import make_cocolike
+
+    paths = make_cocolike(args.out, args.train, args.val, args.seed, args.width, args.height, args.classes)
     print(f"wrote {args.train} train and {args.val} val images: {paths['train']}, {paths['val']}")
 
 
@@ -162,10 +170,30 @@ def _write_analysis(evaluation, out: Path, score: float) -> None:
 def _cmd_predict(args) -> None:
     from .predict import Predictor, predict_files
 
-    predictor = Predictor(args.checkpoint, device=args.device)
-    records = predict_files(predictor, args.inputs, args.out, args.score, one_class=args.one_class)
+    inputs = args.inputs
+    if args.onnx:  # every positional is an image: argparse gives the first to checkpoint when there are several
+        from .export import OnnxPredictor
+
+        predictor = OnnxPredictor(args.onnx)
+        inputs = ([args.checkpoint] if args.checkpoint else []) + inputs
+    elif args.checkpoint is None:
+        raise FcoslabError("predict needs CHECKPOINT (a run folder or .pt file) before the images, or --onnx FILE")
+    else:
+        predictor = Predictor(args.checkpoint, device=args.device)
+    records = predict_files(predictor, inputs, args.out, args.score, one_class=args.one_class)
     n = sum(len(r["detections"]) for r in records)
     print(f"{n} detections in {len(records)} images; drawings and detections.json in {args.out}")
+
+
+def _cmd_export(args) -> None:
+    from .export import export_onnx
+
+    result = export_onnx(args.checkpoint, args.out, dynamic=args.dynamic, with_decode=args.with_decode,
+                         image_size=args.image_size, opset=args.opset)
+    size = "dynamic" if result["image_size"] is None else "x".join(map(str, result["image_size"]))
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in result["max_abs_diff"].items())
+    print(f"wrote {result['path']} (opset {args.opset}, input {size}; inputs {', '.join(result['inputs'])}; "
+          f"outputs {', '.join(result['outputs'])}); onnxruntime vs fcoslab, largest differences: {diffs}")
 
 
 def _cmd_import_torchvision(args) -> None:
@@ -186,18 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named configs")
     p.set_defaults(func=_cmd_presets)
 
-    shapes = load_config("shapes").shapes  # make-shapes defaults to the set the shapes preset trains on
-    p = sub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO format)")
-    p.add_argument("out", help="output folder (gets train/, val/, train.json, val.json)")
-    p.add_argument("--train", type=int, default=shapes.train, help=f"default {shapes.train}")
-    p.add_argument("--val", type=int, default=shapes.val, help=f"default {shapes.val}")
-    p.add_argument("--image-size", type=int, default=shapes.image_size,
-                   help=f"default {shapes.image_size}")
-    p.add_argument("--seed", type=int, default=shapes.seed, help=f"default {shapes.seed}")
-    p.add_argument("--min-side", type=float, default=shapes.min_side,
-                   help=f"smallest object side as a fraction of the image size (default {shapes.min_side:g}; "
-                        "0.08 is harder)")
-    p.set_defaults(func=_cmd_make_shapes)
+    _add_generator_commands(sub)
 
     _add_data_commands(sub)
 
@@ -231,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overrides of the tv_fcos_r50 preset, e.g. the data paths for evaluation")
     p.set_defaults(func=_cmd_import_torchvision)
 
+    _add_export_command(sub)
     p = sub.add_parser("predict", help="draw detections on images")
-    p.add_argument("checkpoint", help="run folder or .pt file")
+    p.add_argument("checkpoint", nargs="?", help="run folder or .pt file (none with --onnx)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--onnx", metavar="FILE", help="instead of a checkpoint: an fcoslab export --with-decode file")
     p.add_argument("--score", type=float, default=0.3, help="score threshold (default 0.3)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument("--one-class", action="store_true",
@@ -241,6 +260,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
     return parser
+
+
+def _add_export_command(sub) -> None:
+    p = sub.add_parser("export", help="export a run to ONNX (the network, or with --with-decode boxes from an image)")
+    p.add_argument("checkpoint", help="run folder or .pt file")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx")
+    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch (network alone), height and width")
+    p.add_argument("--with-decode", action="store_true",
+                   help="include decoding and NMS: one padded image and its sizes in, boxes, scores, labels out")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 to 20 (default 17)")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="N",
+                   help="H [W] of the (static) input; default the run's test size padded to its size divisibility")
+    p.set_defaults(func=_cmd_export)
+
+
+def _add_generator_commands(sub) -> None:
+    shapes = load_config("shapes").shapes  # make-shapes defaults to the set the shapes preset trains on
+    p = sub.add_parser("make-shapes", help="generate the synthetic shapes dataset (COCO format)")
+    p.add_argument("out", help="output folder (gets train/, val/, train.json, val.json)")
+    p.add_argument("--train", type=int, default=shapes.train, help=f"default {shapes.train}")
+    p.add_argument("--val", type=int, default=shapes.val, help=f"default {shapes.val}")
+    p.add_argument("--image-size", type=int, default=shapes.image_size,
+                   help=f"default {shapes.image_size}")
+    p.add_argument("--seed", type=int, default=shapes.seed, help=f"default {shapes.seed}")
+    p.add_argument("--min-side", type=float, default=shapes.min_side,
+                   help=f"smallest object side as a fraction of the image size (default {shapes.min_side:g}; "
+                        "0.08 is harder)")
+    p.set_defaults(func=_cmd_make_shapes)
+
+    p = sub.add_parser("make-cocolike", help="generate a COCO-like synthetic set: 640x480 JPEGs, 80 classes, "
+                                             "COCO's object counts and sizes (for loading benchmarks)")
+    p.add_argument("out", help="output folder (gets train/, val/, train.json, val.json)")
+    p.add_argument("--train", type=int, default=1000, help="default 1000")
+    p.add_argument("--val", type=int, default=100, help="default 100")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--width", type=int, default=640, help="default 640")
+    p.add_argument("--height", type=int, default=480, help="default 480")
+    p.add_argument("--classes", type=int, default=80, help="at most 80 (default 80)")
+    p.set_defaults(func=_cmd_make_cocolike)
 
 
 def _add_data_commands(sub) -> None:

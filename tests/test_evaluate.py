@@ -123,7 +123,6 @@ def both_backends(gt: dict, results: list[dict], image_ids=None):
 
 @pytest.mark.parametrize("case", ["random", "random_subset", "perfect"])
 def test_faster_backend_gives_pycocotools_numbers(case, capsys):
-    pytest.importorskip("faster_coco_eval")
     gt = random_ground_truth(seed=3)
     if case == "perfect":
         results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
@@ -146,13 +145,11 @@ def test_faster_backend_gives_pycocotools_numbers(case, capsys):
 
 
 def test_faster_backend_without_results_scores_zero():
-    pytest.importorskip("faster_coco_eval")
     (stats, evaluator), (fast_stats, fast) = both_backends(random_ground_truth(seed=5), [])
     assert evaluator is None and fast is None and fast_stats == stats == {k: 0.0 for k in STAT_NAMES}
 
 
 def test_score_results_threads_the_backend():
-    pytest.importorskip("faster_coco_eval")
     gt = random_ground_truth(seed=6, images=12)
     results = random_detections(gt, seed=7)
     names = [f"c{c}" for c in CAT_IDS]

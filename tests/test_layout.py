@@ -7,8 +7,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "fcoslab"
 LAYERS = [
     ["errors", "files", "coerce", "config", "boxes", "distributed", "runfolder"],
-    ["datasets.coco", "datasets.shapes", "datasets.transforms", "datasets.loader", "datasets.convert", "datasets.voc",
-     "datasets.yolo", "datasets.boxlist", "datasets"],
+    ["datasets.coco", "datasets.shapes", "datasets.cocolike", "datasets.transforms", "datasets.loader",
+     "datasets.convert", "datasets.voc", "datasets.yolo", "datasets.boxlist", "datasets"],
     ["points", "model", "finetune"],
     ["cuda", "ops_reference", "ops", "targets", "loss", "decode"],
     ["inference", "draw", "voc_metrics", "error_analysis"],

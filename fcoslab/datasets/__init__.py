@@ -1,8 +1,10 @@
-"""Datasets: COCO-format loading, the synthetic shapes generator, transforms and batching, and the
-converters of VOC, YOLO and list annotations to COCO."""
+"""Datasets: COCO-format loading, the synthetic shapes and COCO-like generators, transforms and batching,
+and the converters of VOC, YOLO and list annotations to COCO."""
 
-from .coco import CocoDetection, CocoIndex, check_coco_dict, coco_api, read_coco_json, read_image, to_rgb  # noqa: F401
+from .coco import (CocoDetection, CocoIndex, check_coco_dict, coco_api, read_coco_json, read_image,  # noqa: F401
+                   read_pixels, to_rgb)
 from .shapes import CLASSES as SHAPES_CLASSES, ensure_shapes, make_shapes, read_generator_key  # noqa: F401
+from .cocolike import make_cocolike  # noqa: F401
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, ResizeShortest, build_transforms, collate,  # noqa: F401
                          collate_fn, pad_targets, resized_shape)
 from .loader import EpochBatchSampler, SeededSamples, build_datasets, make_loader  # noqa: F401
