@@ -180,7 +180,11 @@ def _cmd_predict(args) -> None:
         raise FcoslabError("predict needs CHECKPOINT (a run folder or .pt file) before the images, or --onnx FILE")
     else:
         predictor = Predictor(args.checkpoint, device=args.device)
-    records = predict_files(predictor, inputs, args.out, args.score, one_class=args.one_class)
+    if args.tile < 0 or not 0 <= args.overlap < 1:
+        raise FcoslabError(f"--tile must be 0 (off) or a side in pixels and --overlap in [0, 1); got {args.tile}, "
+                           f"{args.overlap}")
+    records = predict_files(predictor, inputs, args.out, args.score, one_class=args.one_class, tile=args.tile,
+                            overlap=args.overlap)
     n = sum(len(r["detections"]) for r in records)
     print(f"{n} detections in {len(records)} images; drawings and detections.json in {args.out}")
 
@@ -257,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument("--one-class", action="store_true",
                    help="keep only the best of overlapping boxes of different classes (class-agnostic NMS)")
+    p.add_argument("--tile", type=int, default=0, help="predict from overlapping tiles of this side (px) and the "
+                                                        "whole image, merged by NMS (large images, small objects)")
+    p.add_argument("--overlap", type=float, default=0.2, help="tile overlap, a fraction of --tile (default 0.2)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
     return parser

@@ -83,3 +83,23 @@ def test_tiles_merge_to_the_boxes_of_the_untiled_prediction():
         expected = torch.argsort(untiled["boxes"][:, 0] * 1000 + untiled["boxes"][:, 1])
         assert torch.equal(tiled["boxes"][confident][order], untiled["boxes"][expected])
         assert torch.equal(tiled["labels"][confident][order], untiled["labels"][expected])
+
+
+def test_predict_command_with_tiles(shapes_dir, tmp_path, capsys):
+    import json
+
+    from helpers import set_args
+    from fcoslab.cli import main
+
+    assert main(["train", "--quiet", "--out", str(tmp_path / "run"), "--set", *set_args(shapes_dir)]) == 0
+    big = Image.new("RGB", (200, 150))
+    for k, name in enumerate(sorted((shapes_dir / "val").glob("*.png"))[:4]):
+        big.paste(Image.open(name).convert("RGB"), (64 * (k % 3), 64 * (k // 3)))
+    big.save(tmp_path / "big.png")
+    args = ["predict", str(tmp_path / "run"), str(tmp_path / "big.png"), "--score", "0.05"]
+    assert main(args + ["--out", str(tmp_path / "tiled"), "--tile", "64", "--overlap", "0.25"]) == 0
+    dets = json.loads((tmp_path / "tiled" / "detections.json").read_text())[0]["detections"]
+    assert all(0 <= d["box_xyxy"][0] <= d["box_xyxy"][2] <= 200 and d["box_xyxy"][3] <= 150 for d in dets)
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "bad"), "--tile", "64", "--overlap", "1.5"]) == 2
+    assert "--overlap in [0, 1)" in capsys.readouterr().err
