@@ -41,11 +41,13 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / world_size()
 
 
-def all_gather_objects(obj) -> list:
+def gather_objects(obj) -> list | None:
+    """Every process's ``obj`` on rank 0 (in rank order); None on the other ranks, which need not unpickle
+    what they will not use (8 shards of a 5000-image evaluation: 1.6 s of unpickling on each process)."""
     if world_size() == 1:
         return [obj]
-    out = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    out = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 

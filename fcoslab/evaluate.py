@@ -186,9 +186,10 @@ def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision:
     detections = predict_batches(model, evaluation_loader(dataset, cfg, rank, world), cfg, device, precision)
     results = to_coco_results(detections, cat_ids or dataset.index.cat_ids)
     if world > 1:
-        results = [r for part in dist.all_gather_objects(results) for r in part]
+        parts = dist.gather_objects(results)
         if rank != 0:
             return None
+        results = [r for part in parts for r in part]
     return score_results(dataset.data, results, list(dataset.index.names), cfg.eval.metrics, cfg.eval.backend)
 
 
