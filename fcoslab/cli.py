@@ -121,7 +121,8 @@ def _cmd_train(args) -> None:
         out = args.out
     if dist.is_main() and history:
         last = history[-1]
-        print(f"done: epoch {last['epoch']}, AP {last['AP']:.3f}, AP50 {last['AP50']:.3f}, AP75 {last['AP75']:.3f}; "
+        shown = [k for k in ("AP", "AP50", "AP75", "voc_mAP50", "voc_mAP") if last.get(k) is not None]
+        print(f"done: epoch {last['epoch']}, " + ", ".join(f"{k} {last[k]:.3f}" for k in shown) + "; "
               f"run folder {out}")
     dist.cleanup()
 
@@ -205,7 +206,7 @@ def _cmd_import_torchvision(args) -> None:
     from .import_torchvision import import_torchvision
 
     names = read_class_names(args.names) if args.names else None
-    folder = import_torchvision(args.weights, args.out, names, parse_overrides(args.set))
+    folder = import_torchvision(args.weights, args.out, names, parse_overrides(args.set), force=args.force)
     print(f"wrote run folder {folder.path}: fcoslab evaluate/predict {folder.path}, notebooks 04/05 with "
           f"RUN_DIR={folder.path}, or fine-tune with --set model.init_from={folder.path}")
 
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", help="state_dict of torchvision's fcos_resnet50_fpn, e.g. fcos_resnet50_fpn_coco-99b0c9b7.pth")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--names", help="class names, one a line (default: COCO's 91 torchvision labels)")
+    p.add_argument("--force", action="store_true", help="replace a run already in --out")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the tv_fcos_r50 preset, e.g. the data paths for evaluation")
     p.set_defaults(func=_cmd_import_torchvision)

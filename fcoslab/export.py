@@ -184,9 +184,10 @@ def _head_names(model: nn.Module) -> list[str]:
 
 def default_image_size(cfg: Config) -> tuple[int, int]:
     """The default static input (H, W): the run's test size (``data.test_min_size``) padded to
-    ``model.size_divisibility``, square (an image of another aspect needs a dynamic file or its own size)."""
+    ``model.size_divisibility``, square (an image of another aspect needs a dynamic file or its own size);
+    ``data.square_size`` where evaluation resizes to a square."""
     d = cfg.model.size_divisibility
-    side = math.ceil(cfg.data.test_min_size / d) * d
+    side = math.ceil((cfg.data.square_size or cfg.data.test_min_size) / d) * d
     return side, side
 
 

@@ -60,7 +60,7 @@ def init_from(model: torch.nn.Module, cfg: ModelConfig, class_names: list[str]) 
     for name, tensor in ours.items():
         if name not in theirs:
             skipped[name] = "not in the checkpoint"
-        elif name in CLASSIFIER and not same_classes:
+        elif name in CLASSIFIER and not same_classes and theirs[name].shape[1:] == tensor.shape[1:]:
             value = tensor.clone()
             for new, old in rows.items():
                 value[new] = theirs[name][old]
@@ -70,6 +70,8 @@ def init_from(model: torch.nn.Module, cfg: ModelConfig, class_names: list[str]) 
         else:
             state[name] = theirs[name]
     model.load_state_dict(state, strict=False)
+    if CLASSIFIER[0] not in state:  # a classifier of another width (fpn_channels) keeps nothing
+        rows = {}
     kept = [class_names[j] for j in sorted(rows)] if not same_classes else list(class_names)
     fresh = [n for n in class_names if n not in kept]
     log.info("init_from %s: loaded %d of %d tensors; classifier: %s", cfg.init_from, len(state), len(ours),

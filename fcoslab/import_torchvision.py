@@ -105,7 +105,7 @@ def load_torchvision_fcos(model: FCOS, tv_state: dict[str, torch.Tensor], source
 
 
 def import_torchvision(weights: str | Path, out: str | Path, class_names: Optional[list[str]] = None,
-                       overrides: Optional[dict] = None) -> RunFolder:
+                       overrides: Optional[dict] = None, force: bool = False) -> RunFolder:
     """Write a run folder (config, checkpoint, empty history) holding torchvision FCOS ``weights``.
 
     Args:
@@ -116,6 +116,9 @@ def import_torchvision(weights: str | Path, out: str | Path, class_names: Option
     Returns:
         the run folder, which ``fcoslab evaluate``/``predict``, the notebooks and the viewer open like any run.
     """
+    if RunFolder(out).has_checkpoint() and not force:
+        raise FcoslabError(f"{out} already holds a run ({RunFolder.CHECKPOINT}); choose another --out, or --force "
+                           "to replace it")
     state = read_state(weights)
     num_classes = state["head.classification_head.cls_logits.weight"].shape[0]
     if class_names is None:

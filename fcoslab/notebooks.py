@@ -78,8 +78,10 @@ def train_live(cfg, out: str, resume: bool = False):
         ax_loss.set_title("training loss")
         ax_loss.set_xlabel("step")
         ax_ap.clear()
-        for key in ("AP", "AP50", "AP75"):
-            ax_ap.plot([e["epoch"] for e in evals], [e[key] for e in evals], marker="o", label=key)
+        for key in ("AP", "AP50", "AP75", "voc_mAP50"):
+            points = [(e["epoch"], e[key]) for e in evals if e.get(key) is not None]
+            if points:
+                ax_ap.plot(*zip(*points), marker="o", label=key)
         ax_ap.set_title("validation")
         ax_ap.set_xlabel("epoch")
         ax_ap.legend(fontsize=8)

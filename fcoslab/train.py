@@ -17,10 +17,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist
 from .runfolder import RunFolder, rng_state, set_rng_state
-from .config import Config, TrainConfig, config_from_dict, validate
+from .config import Config, TrainConfig, anchor_paths, config_from_dict, validate
 from .datasets import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
 from .errors import FcoslabError
-from .evaluate import Evaluation, evaluate_model, metric_keys
+from .evaluate import Evaluation, coco_backend, evaluate_model, metric_keys
 from .inference import choose_precision, inference_layout, resolve_device, training_layout
 from .loss import FCOSCriterion
 from .finetune import apply_freeze, init_from
@@ -65,7 +65,7 @@ def resumed_config(checkpoint: dict, overrides: Optional[dict] = None) -> Config
         if any(k.startswith("model.") for k in overrides) or "train.optimizer" in overrides:
             raise FcoslabError("a resumed run keeps its model and optimizer: model.* keys and train.optimizer "
                                "cannot be overridden with --resume")
-        cfg = cfg.replace(**overrides)
+        cfg = cfg.replace(**anchor_paths(overrides, Path.cwd()))
         validate(cfg)
     return cfg
 
@@ -123,6 +123,7 @@ class Trainer:
                  checkpoint: Optional[dict] = None):
         self.cfg, self.folder = cfg, RunFolder(out)
         self.progress, self.on_step, self.on_eval = progress, on_step, on_eval
+        coco_backend(cfg.eval.backend)  # a missing faster-coco-eval is said now, not after an epoch
         if cfg.eval.best_metric not in metric_keys(cfg.eval.metrics):
             raise FcoslabError(f"config key 'eval.best_metric': '{cfg.eval.best_metric}' is not recorded with "
                                f"eval.metrics={cfg.eval.metrics}; choose one of {', '.join(metric_keys(cfg.eval.metrics))}")
@@ -166,6 +167,9 @@ class Trainer:
     def from_run(cls, out: str | Path, overrides: Optional[dict] = None, **kwargs) -> "Trainer":
         """Continue the run saved in ``out`` (its config, with training ``overrides``)."""
         checkpoint = RunFolder(out).load()
+        if "optimizer" not in checkpoint:  # written by fcoslab import-torchvision
+            raise FcoslabError(f"{out} holds imported weights, not a training run to continue: fine-tune from it with "
+                               f"fcoslab train --config tv_fcos_r50 --out NEW_RUN --set model.init_from={out}")
         return cls(resumed_config(checkpoint, overrides), out, checkpoint=checkpoint, **kwargs)
 
     # ----------------------------------------------------------------- checkpoints
@@ -328,7 +332,7 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.evaluation(record, evaluation, self.val_set)
         value = record.get(metric)
-        return value is not None and (not previous or value > max(previous))
+        return value is not None and (not previous or value > max(previous) or not self.folder.best.exists())
 
 
 def train(cfg: Optional[Config], out: str | Path, resume: bool = False, resume_overrides: Optional[dict] = None,

@@ -94,7 +94,8 @@ def read_coco(gt: dict, results: list[dict], image_ids: Optional[Iterable[int]] 
 
     ``image_ids`` restricts both to those images (detections elsewhere are dropped, as in COCOeval);
     without it every image of ``gt`` counts. Raises :class:`FcoslabError` for an image id not in
-    ``gt["images"]`` (in ``image_ids`` or in a result) and for a result category not in the categories.
+    ``gt["images"]`` (in ``image_ids`` or in a result). Results of a category the ground truth does not
+    have are not scored, as COCOeval does (a 91-way COCO model on a dataset of some of its classes).
     """
     known = {im["id"] for im in gt["images"]}
     selected = known if image_ids is None else set(image_ids)
@@ -111,9 +112,7 @@ def read_coco(gt: dict, results: list[dict], image_ids: Optional[Iterable[int]] 
     for i, r in enumerate(results):
         if r["image_id"] not in known:
             raise FcoslabError(f"results[{i}] has image_id {r['image_id']!r}, which is not in the ground truth's 'images'")
-        if r["category_id"] not in cat_set:
-            raise FcoslabError(f"results[{i}] has category_id {r['category_id']!r}; categories are {cat_ids[:20]}")
-    kept = [r for r in results if r["image_id"] in selected]
+    kept = [r for r in results if r["image_id"] in selected and r["category_id"] in cat_set]
     dets = Detections(xywh_to_xyxy([r["bbox"] for r in kept]), np.array([r["category_id"] for r in kept], np.int64),
                       np.array([r["image_id"] for r in kept], np.int64),
                       np.array([r["score"] for r in kept], np.float64))

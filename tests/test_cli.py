@@ -178,3 +178,12 @@ def test_unwritable_run_folder(shapes_dir, tmp_path, capsys):
     blocker.write_text("x")
     code = main(["train", "--out", str(blocker / "run"), "--set", *set_args(shapes_dir)])
     assert code == 2 and "cannot be written" in capsys.readouterr().err
+
+
+def test_train_with_voc_metrics_only(shapes_dir, tmp_path, capsys):
+    args = set_args(shapes_dir, **{"eval.metrics": "voc", "eval.best_metric": "voc_mAP50"})
+    assert main(["train", "--quiet", "--out", str(tmp_path / "run"), "--set", *args]) == 0
+    assert "voc_mAP50" in capsys.readouterr().out
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert "AP" not in history[0] and history[0]["voc_mAP50"] is not None
+    assert (tmp_path / "run" / "best.pt").exists()

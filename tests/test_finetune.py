@@ -36,6 +36,11 @@ def test_init_from_keeps_fitting_tensors_and_the_rows_of_named_classes(shapes_di
     assert report["classes_kept"] == ["c", "x"] and report["classes_fresh"] == ["y"]
     assert torch.equal(new.head.bbox_pred.weight, old.head.bbox_pred.weight)
     assert torch.equal(new.backbone.stem[0].weight, old.backbone.stem[0].weight)
+    narrow_cfg = new_cfg.replace(**{"model.fpn_channels": 16})  # a head of another width keeps the backbone only
+    narrow = build_model(narrow_cfg, 3)
+    report = init_from(narrow, narrow_cfg.model, ["c", "x", "y"])
+    assert "head.cls_logits.weight" in report["skipped"] and report["classes_kept"] == []
+    assert torch.equal(narrow.backbone.stem[0].weight, old.backbone.stem[0].weight)
 
 
 def test_backbone_frozen_for_one_epoch_then_trained(shapes_dir, tmp_path):

@@ -89,6 +89,11 @@ def test_command_line_import_then_predict_and_a_foreign_dataset(imported, shapes
     dets = [d for r in records for d in r["detections"]]
     assert dets and all(d["label"] == coco_category_names()[d["category_id"]] for d in dets)
     capsys.readouterr()
+    assert main(["import-torchvision", str(weights), "--out", str(run)]) == 2  # never over a run by accident
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds imported weights" in err and "model.init_from" in err
     assert main(["evaluate", str(run), "--ann", str(shapes_dir / "val.json"), "--images", str(shapes_dir / "val")]) == 2
     assert "val.json has category 1 'ellipse', but the model's category 1 is 'person'" in capsys.readouterr().err
 

@@ -69,7 +69,8 @@ def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
     if cfg.resize != "interpolate":
         steps.append(v2.ToDtype(torch.float32, scale=True))
-    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, min_area=max(1.0, cfg.min_box_area) if train else 1.0))
+    small = {"min_area": cfg.min_box_area} if train and cfg.min_box_area > 1 else {}  # min_area: torchvision >= 0.20
+    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, **small))
     return v2.Compose(steps)
 
 
