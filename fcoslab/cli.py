@@ -144,10 +144,10 @@ def _cmd_evaluate(args) -> None:
     print(per_class_text(per_class_table(evaluation)))
     print(f"{len(evaluation.results)} detections written to {out}")
     if args.analysis:
-        _write_analysis(evaluation, Path(args.analysis_out or folder / "analysis"), args.score)
+        _write_analysis(evaluation, Path(args.analysis_out or folder / "analysis"), args.iou, args.score)
 
 
-def _write_analysis(evaluation, out: Path, score: float) -> None:
+def _write_analysis(evaluation, out: Path, iou: float, score: float) -> None:
     """Confusion matrix and TIDE error breakdown as ``analysis.json``, ``confusion_matrix.png`` and ``errors.png``."""
     import matplotlib
 
@@ -156,7 +156,9 @@ def _write_analysis(evaluation, out: Path, score: float) -> None:
     from .files import atomic_write, write_json
     from .plots import plot_confusion_matrix, plot_error_breakdown
 
-    report = error_report(evaluation, score=score)
+    if not 0 < iou < 1:
+        raise FcoslabError(f"--iou must be between 0 and 1, got {iou}")
+    report = error_report(evaluation, iou=iou, score=score)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "analysis.json", {**report, "per_class": per_class_table(evaluation)})
     for name, fig in (("confusion_matrix.png", plot_confusion_matrix(report["confusion"])),
@@ -243,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the confusion matrix and the error breakdown (JSON and PNG)")
     p.add_argument("--analysis-out", help="folder for --analysis (default: RUN/analysis)")
     p.add_argument("--score", type=float, default=0.3, help="score threshold of the confusion matrix (default 0.3)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU of a hit in the confusion matrix and the error "
+                                                          "breakdown (default 0.5)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("import-torchvision", help="torchvision FCOS weights -> an fcoslab run folder (same detections)")

@@ -70,7 +70,7 @@ def test_evaluate_prints_summary_and_writes_results(trained_run, capsys):
 def test_evaluate_per_class_voc_and_analysis(trained_run, shapes_dir, tmp_path, capsys):
     out = tmp_path / "analysis"
     assert main(["evaluate", str(trained_run), "--out", str(tmp_path / "r.json"), "--metrics", "both", "--analysis",
-                 "--analysis-out", str(out), "--score", "0.05"]) == 0
+                 "--analysis-out", str(out), "--score", "0.05", "--iou", "0.5"]) == 0
     text = capsys.readouterr().out
     assert "VOC mAP@0.50 (all-point)" in text and "voc_AP50_11pt" in text and "errors (TIDE" in text
     gt = json.loads((shapes_dir / "val.json").read_text())

@@ -60,34 +60,34 @@ def check_coco_dict(data, source: str) -> dict:
     return out
 
 
+def _with_unique_ids(items: list, section: str, source: str):
+    """``(i, item)`` of a COCO list whose items are objects with an integer ``id`` seen once."""
+    seen = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not _is_id(item.get("id")):
+            raise FcoslabError(f"{source}: {section}[{i}] needs an integer 'id', got {item!r:.80}")
+        if item["id"] in seen:
+            raise FcoslabError(f"{source}: {section}[{i}] repeats id {item['id']}")
+        seen.add(item["id"])
+        yield i, item
+
+
 def _check_categories(items: list, source: str) -> list[dict]:
-    categories, cat_ids = [], set()
-    for i, c in enumerate(items):
-        if not isinstance(c, dict) or not _is_id(c.get("id")):
-            raise FcoslabError(f"{source}: categories[{i}] needs an integer 'id', got {c!r:.80}")
-        if c["id"] in cat_ids:
-            raise FcoslabError(f"{source}: categories[{i}] repeats id {c['id']}")
-        cat_ids.add(c["id"])
-        categories.append({"id": c["id"], "name": str(c.get("name", c["id"])),
-                           "supercategory": str(c.get("supercategory", ""))})
+    categories = [{"id": c["id"], "name": str(c.get("name", c["id"])), "supercategory": str(c.get("supercategory", ""))}
+                  for _, c in _with_unique_ids(items, "categories", source)]
     if not categories:
         raise FcoslabError(f"{source}: 'categories' is empty")
     return categories
 
 
 def _check_images(items: list, source: str) -> list[dict]:
-    images, image_ids = [], set()
-    for i, im in enumerate(items):
-        if not isinstance(im, dict) or not _is_id(im.get("id")):
-            raise FcoslabError(f"{source}: images[{i}] needs an integer 'id', got {im!r:.80}")
+    images = []
+    for i, im in _with_unique_ids(items, "images", source):
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
             raise FcoslabError(f"{source}: images[{i}] (id {im['id']}) needs a 'file_name' string")
-        if im["id"] in image_ids:
-            raise FcoslabError(f"{source}: images[{i}] repeats id {im['id']}")
         for key in ("width", "height"):
             if key in im and not (_is_number(im[key]) and im[key] > 0):
                 raise FcoslabError(f"{source}: images[{i}] (id {im['id']}) has invalid '{key}' {im[key]!r}")
-        image_ids.add(im["id"])
         images.append(dict(im))
     return images
 
