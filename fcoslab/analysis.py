@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .datasets import CocoDetection, build_transforms, check_coco_dict
+from .datasets import CocoDetection, build_transforms, check_coco_dict, float_pixels
 from .points import level_sizes, make_points, point_input_size
 from .targets import fcos_targets
 
@@ -79,7 +79,7 @@ def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dic
                                   point_input_size(cfg.model, H, W))
     boxes = target["boxes"].as_subclass(torch.Tensor).float()
     t = fcos_targets(points, strides, sizes, boxes[None], target["labels"][None], cfg.assign)
-    return {"image": image.as_subclass(torch.Tensor), "gt_boxes": boxes, "gt_labels": target["labels"], "points": points,
+    return {"image": float_pixels(image.as_subclass(torch.Tensor)), "gt_boxes": boxes, "gt_labels": target["labels"], "points": points,
             "strides": strides, "level_sizes": sizes, **{k: v[0] for k, v in t.items()}}
 
 

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .config import Config, DecodeConfig, config_from_dict
-from .datasets import IMAGENET_MEAN, build_transforms, collate_fn
+from .datasets import IMAGENET_MEAN, build_transforms, collate_fn, float_pixels
 from .datasets.coco import make_sample, to_rgb
 from .decode import decode
 from .errors import FcoslabError
@@ -378,7 +378,7 @@ class OnnxPredictor:
     def _detect(self, image: Image.Image) -> dict[str, Tensor]:
         sample = self.transforms(*make_sample(to_rgb(image), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 0))
         batch = self.collate([sample])
-        images = batch["images"]  # (1, 3, H, W)
+        images = float_pixels(batch["images"])  # (1, 3, H, W) float in [0, 1], as the file takes them
         if self.image_size:
             images = self._pad_to_file_size(images, image.size)
         boxes, scores, labels = self.session.run(["boxes", "scores", "labels"], {

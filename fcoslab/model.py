@@ -1,8 +1,8 @@
 """The FCOS network: ResNet backbone, FPN P3-P7 (or P2-P7) and a shared head.
 
 ``forward`` returns raw head outputs in train and eval mode; targets, losses and decoding are plain
-functions elsewhere. Images come in as float (B, 3, H, W) in [0, 1]; ImageNet normalisation is the
-model's first step. No resizing happens inside the model.
+functions elsewhere. Images come in as (B, 3, H, W), uint8 or float in [0, 1]; conversion to float and
+ImageNet normalisation are the model's first steps. No resizing happens inside the model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from .files import load_weights_file
 from .config import Config, ModelConfig
-from .datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, float_pixels
 from .errors import FcoslabError
 from .points import make_points, point_input_size
 
@@ -263,7 +263,7 @@ class FCOS(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> dict:
-        x = (images - self.pixel_mean) / self.pixel_std
+        x = (float_pixels(images) - self.pixel_mean) / self.pixel_std
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         feats = self.fpn(self.backbone(x))

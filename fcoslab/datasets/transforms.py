@@ -52,8 +52,10 @@ class ResizeShortest:
 
 
 def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
-    """The resize (shortest side, or ``square_size``), flips and colour jitter for training, then float
-    pixels in [0, 1] and boxes of at least 1 px (and ``min_box_area`` in training)."""
+    """The resize (shortest side, or ``square_size``), flips and colour jitter for training, and boxes of at
+    least 1 px (and ``min_box_area`` in training). Images stay uint8, a quarter of the bytes that loader
+    workers hand over and batches pad, and the model turns them into floats on its device
+    (:func:`float_pixels`); ``resize=interpolate`` resizes, and so returns, float pixels in [0, 1]."""
     if cfg.square_size:
         S = cfg.square_size
         steps = [v2.RandomResizedCrop((S, S), scale=(0.3, 1.0), antialias=True) if train
@@ -67,23 +69,30 @@ def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
     if train and cfg.color_jitter > 0:
         j = cfg.color_jitter
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
-    if cfg.resize != "interpolate":
-        steps.append(v2.ToDtype(torch.float32, scale=True))
     small = {"min_area": cfg.min_box_area} if train and cfg.min_box_area > 1 else {}  # min_area: torchvision >= 0.20
     steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, **small))
     return v2.Compose(steps)
 
 
-def collate(batch: list, size_divisibility: int = 128, pad_with_mean: bool = False) -> dict:
-    """Pad a list of ``(image (3, h, w) float, target)`` into one batch.
+def float_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any shape) -> float32 in [0, 1] exactly as ``ToDtype(float32, scale=True)`` makes them;
+    float pixels pass through."""
+    return F.to_dtype_image(images, torch.float32, scale=True) if images.dtype == torch.uint8 else images
 
-    Returns a dict with ``images`` float (B, 3, H, W) padded at the bottom and right to a multiple of
-    ``size_divisibility`` with zeros (or with :data:`IMAGENET_MEAN`, zeros after the model's normalisation); ``image_sizes`` int64 (B, 2) the (h, w) of each image before
+
+def collate(batch: list, size_divisibility: int = 128, pad_with_mean: bool = False) -> dict:
+    """Pad a list of ``(image (3, h, w) uint8 or float in [0, 1], target)`` into one batch.
+
+    Returns a dict with ``images`` (B, 3, H, W) of the images' dtype (float when ``pad_with_mean``) padded
+    at the bottom and right to a multiple of ``size_divisibility`` with zeros (or with :data:`IMAGENET_MEAN`,
+    zeros after the model's normalisation); ``image_sizes`` int64 (B, 2) the (h, w) of each image before
     padding; ``orig_sizes`` int64 (B, 2) the (h, w) of the original files; ``gt_boxes`` float (B, M, 4)
     xyxy pixels in the resized image and ``gt_labels`` int64 (B, M), padded with -1 labels as
     :func:`pad_targets` does; ``image_ids`` list of int.
     """
-    images = [img for img, _ in batch]
+    images = [img.as_subclass(torch.Tensor) for img, _ in batch]
+    if pad_with_mean:
+        images = [float_pixels(im) for im in images]
     hs, ws = [im.shape[-2] for im in images], [im.shape[-1] for im in images]
     d = size_divisibility
     H, W = math.ceil(max(hs) / d) * d, math.ceil(max(ws) / d) * d
