@@ -105,8 +105,12 @@ def per_class_table(evaluation) -> dict[str, dict[str, Optional[float]]]:
 
     table = {name: {} for name in evaluation.class_names}
     if evaluation.stats:
-        coco = [per_class_ap(evaluation.evaluator, iou) if evaluation.evaluator is not None
-                else np.zeros(len(table)) for iou in (None, 0.5)]
+        if evaluation.evaluator is not None:
+            coco = [per_class_ap(evaluation.evaluator, iou) for iou in (None, 0.5)]
+        else:  # no detections at all: 0 where a class has ground truth
+            cats = sorted(evaluation.gt["categories"], key=lambda c: c["id"])
+            present = {a["category_id"] for a in evaluation.gt["annotations"] if not a.get("iscrowd")}
+            coco = [np.array([0.0 if c["id"] in present else np.nan for c in cats])] * 2
         for k, name in enumerate(evaluation.class_names):
             table[name].update(AP=rounded(coco[0][k]), AP50=rounded(coco[1][k]))
     if evaluation.voc is not None:

@@ -70,3 +70,12 @@ def test_relative_paths_are_anchored_where_they_were_written(tmp_path, monkeypat
     overridden = load_config("seed_coco_2x", ["data.val_ann=v.json", "model.backbone_weights=w.pth"])
     assert overridden.data.val_ann == str(tmp_path / "v.json")
     assert overridden.model.backbone_weights == str(tmp_path / "w.pth")
+
+
+def test_data_paths_nobody_gave_are_the_projects(tmp_path, monkeypatch):
+    from fcoslab.config import project_root
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.json").write_text('{"train": {"epochs": 3}}')
+    cfg = load_config(str(tmp_path / "mine.json"))
+    assert cfg.data.val_ann == str(project_root() / "data" / "shapes" / "val.json") and cfg.train.epochs == 3

@@ -181,3 +181,14 @@ def test_faster_backend_without_the_package_says_how_to_install(monkeypatch):
     with pytest.raises(FcoslabError, match=message):
         score_results(gt_dict(), perfect_detections(), ["a", "b"], backend="faster")
     assert coco_evaluate(gt_dict(), perfect_detections())[0]["AP"] == pytest.approx(1.0)  # pycocotools still works
+
+
+def test_per_class_table_without_detections_is_zero_where_there_is_ground_truth():
+    from fcoslab.analysis import per_class_table
+    from fcoslab.evaluate import score_results
+
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0}],
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    table = per_class_table(score_results(gt, [], ["a", "b"], "both"))
+    assert table["b"]["AP"] == 0.0 and table["a"]["AP"] is None and table["a"]["voc_AP50"] is None
