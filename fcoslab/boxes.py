@@ -62,7 +62,3 @@ def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """(x1, y1, x2, y2) -> COCO (x, y, w, h); used only at the COCO evaluation edge."""
     return torch.cat([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], dim=-1)
 
-
-def xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """COCO (x, y, w, h) -> (x1, y1, x2, y2); used only at the COCO edge (results read back)."""
-    return torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], dim=-1)

@@ -308,7 +308,8 @@ def load_config(name_or_path: str = "shapes", overrides: Optional[list[str] | di
     if overrides:
         overrides = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
         cfg = apply_overrides(cfg, anchor_paths(overrides, Path.cwd()))
-    defaults = {k: str(project_root() / v) for k in ("train_ann", "train_images", "val_ann", "val_images")
+    names = [k.partition(".")[2] for k in DATA_PATH_KEYS]
+    defaults = {k: str(project_root() / v) for k in names
                 if not Path(v := getattr(cfg.data, k)).is_absolute()}  # data paths nobody gave: the project's
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **defaults))
     validate(cfg)

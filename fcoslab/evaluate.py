@@ -193,6 +193,13 @@ def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision:
     return score_results(dataset.data, results, list(dataset.index.names), cfg.eval.metrics, cfg.eval.backend)
 
 
+def precision_recall_curves(evaluator, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """COCO's interpolated precision-recall curves at one IoU, from an accumulated COCOeval (all areas,
+    100 detections): recall float (R,) and precision float (R, K), -1 where a class has no ground truth."""
+    t = int(np.argmin(np.abs(np.asarray(evaluator.params.iouThrs) - iou)))
+    return np.asarray(evaluator.params.recThrs), evaluator.eval["precision"][t, :, :, 0, -1]
+
+
 def per_class_ap(evaluator, iou: Optional[float] = None) -> np.ndarray:
     """AP of each category (K,) from an accumulated COCOeval, at IoU .50:.95 (or at one ``iou``, e.g. 0.5);
     nan where a class has no ground truth."""

@@ -19,6 +19,7 @@ from .config import Config
 from .datasets import CocoDetection
 from .decode import one_class_per_object
 from .draw import class_colour, draw_boxes
+from .evaluate import precision_recall_curves
 
 LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
 
@@ -156,9 +157,7 @@ def plot_loss_curves(histories: dict[str, list[dict]]):
 
 def plot_pr_curves(evaluator, names: Sequence[str], iou: float = 0.5):
     """Precision-recall curves per class at one IoU threshold, from an accumulated COCOeval."""
-    t = int(np.argmin(np.abs(evaluator.params.iouThrs - iou)))
-    precision = evaluator.eval["precision"][t, :, :, 0, -1]  # (R, K) at area=all, maxDets=100
-    recall = evaluator.params.recThrs
+    recall, precision = precision_recall_curves(evaluator, iou)  # (R,), (R, K)
     fig, ax = plt.subplots(figsize=(5, 4))
     for k, name in enumerate(names):
         p = precision[:, k]

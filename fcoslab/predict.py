@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from PIL import Image
+
 
 from .files import write_json
 from .datasets import read_image
@@ -77,7 +79,8 @@ def images_to_show(predictor: Predictor, my_images: Sequence[str | Path] = ()):
     root = Path(os.path.commonpath([f.parent for f in files]))
     images = []
     for i, f in enumerate(files, 1):
-        width, height = read_image(f).size
+        with Image.open(f) as im:  # the header alone
+            width, height = im.size
         images.append({"id": i, "file_name": str(f.relative_to(root)), "width": width, "height": height})
     categories = [{"id": c, "name": n} for c, n in zip(predictor.cat_ids, predictor.class_names)]
     return CocoDetection(root / "images.json", root, data={"images": images, "annotations": [], "categories": categories})

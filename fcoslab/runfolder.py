@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import FcoslabError
-from .files import atomic_write, describe_load_error, write_json
+from .files import atomic_write, load_weights_file, write_json
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -26,12 +26,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = RunFolder(path).checkpoint
-    if not path.is_file():
-        raise FcoslabError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file raises one of several types
-        raise FcoslabError(f"cannot load checkpoint {path}: {describe_load_error(e)}") from None
+    ckpt = load_weights_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise FcoslabError(f"{path} is not an fcoslab checkpoint (no 'model' and 'config' entries)")
     return ckpt

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .boxes import xywh_to_xyxy
 from .draw import draw_detections
 from .errors import FcoslabError
+from .evaluate import precision_recall_curves
+from .voc_metrics import xywh_to_xyxy
 
 IMAGES = 4  # validation images drawn at each evaluation
 SCORE = 0.3  # detections drawn from this score
@@ -52,8 +52,7 @@ class TensorBoardLog:
         self.writer.flush()
 
     def _pr_curves(self, evaluation, step: int) -> None:
-        recall = np.asarray(evaluation.evaluator.params.recThrs)  # (R,)
-        precision = evaluation.evaluator.eval["precision"][0, :, :, 0, -1]  # (R, K) at IoU 0.5, all areas, 100 dets
+        recall, precision = precision_recall_curves(evaluation.evaluator, iou=0.5)
         zeros = np.zeros_like(recall)
         for k, name in enumerate(evaluation.class_names):
             p = precision[:, k]
@@ -66,9 +65,8 @@ class TensorBoardLog:
         for i in range(min(IMAGES, len(dataset))):
             image_id = dataset.images[i]["id"]
             mine = [r for r in evaluation.results if r["image_id"] == image_id and r["score"] >= SCORE]
-            det = {"boxes": xywh_to_xyxy(torch.tensor([r["bbox"] for r in mine], dtype=torch.float32).reshape(-1, 4)),
-                   "scores": torch.tensor([r["score"] for r in mine]),
-                   "labels": torch.tensor([to_label.get(r["category_id"], 0) for r in mine], dtype=torch.int64)}
+            det = {"boxes": xywh_to_xyxy([r["bbox"] for r in mine]), "scores": np.array([r["score"] for r in mine]),
+                   "labels": np.array([to_label.get(r["category_id"], 0) for r in mine], dtype=np.int64)}
             picture = draw_detections(dataset.load_image(i), det, dataset.index.names)
             self.writer.add_image(f"val_images/{i}", np.asarray(picture), step, dataformats="HWC")
 
