@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .config import Config
-from .datasets import CocoDetection, build_transforms, check_coco_dict, float_pixels
+from .datasets import (CocoDetection, build_transforms, check_coco_dict, dataset_image_files, find_bad_images,
+                       float_pixels)
 from .points import level_sizes, make_points, point_input_size
 from .targets import fcos_targets
 
@@ -31,11 +32,15 @@ def class_counts(dataset: CocoDetection) -> dict[str, int]:
     return {name: counts.get(i, 0) for i, name in enumerate(dataset.index.names)}
 
 
-def data_report(ann_file: str | Path, image_dir: str | Path, data: Optional[dict] = None) -> tuple[str, list[str]]:
-    """What ``fcoslab check-data`` prints: a summary line and the problems found in an annotation file and
-    its images, as sentences (empty: none found). A file that cannot be used raises FcoslabError.
+def data_report(ann_file: str | Path, image_dir: str | Path, data: Optional[dict] = None,
+                deep: bool = False) -> tuple[str, list[str], list[tuple[Path, str]]]:
+    """What ``fcoslab check-data`` prints: a summary line, the problems found in an annotation file as
+    sentences (empty: none found), and the images that cannot be used, as ``(file, reason)``: every image
+    is opened (its header and the end of the file, or a full decode with ``deep``:
+    :mod:`fcoslab.datasets.image_check`). A file that cannot be used raises FcoslabError.
     ``data``: a COCO dict already in memory (e.g. converted from VOC), then ``ann_file`` only names it."""
     ds = CocoDetection(ann_file, image_dir, data=data)
+    bad_images = find_bad_images(dataset_image_files(ds), deep=deep)
     problems = []
     r = ds.box_report
     if r["clipped"]:
@@ -59,8 +64,9 @@ def data_report(ann_file: str | Path, image_dir: str | Path, data: Optional[dict
         problems.append("some file_name values are listed more than once")
     n_boxes = sum(len(b) for b, _ in ds.targets.values())
     summary = (f"{ann_file}: {len(ds)} images ({empty} without objects), {n_boxes} boxes, {ds.index.num_classes} "
-               f"classes; clipped {r['clipped']}, dropped {r['dropped']} degenerate, skipped {r['crowd']} crowd")
-    return summary, problems
+               f"classes; clipped {r['clipped']}, dropped {r['dropped']} degenerate, skipped {r['crowd']} crowd; "
+               f"{len(ds) - len(bad_images)} images {'decoded' if deep else 'opened'} without a problem")
+    return summary, problems, bad_images
 
 
 def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dict:

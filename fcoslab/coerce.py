@@ -11,7 +11,11 @@ from .errors import FcoslabError
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a JSON or command-line value to the field type ``tp``, or raise a clear error."""
+    """Convert a JSON or command-line value to the field type ``tp``, or raise a clear error.
+
+    A list-typed field (``tuple[X, ...]``) also takes one value of its element type, as a list of one:
+    ``data.min_size=224`` (or ``"min_size": 224`` in a config file) is ``(224,)``.
+    """
     origin = typing.get_origin(tp)
     if origin is typing.Union:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -22,9 +26,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if isinstance(value, str):
             value = parse_scalar(value)
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if variadic and not isinstance(value, (list, tuple)):  # one value: a list of one, data.min_size=224
+            return (coerce(value, args[0], key),)
         if not isinstance(value, (list, tuple)):
             raise FcoslabError(f"config key '{key}': expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
+        if variadic:
             return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise FcoslabError(f"config key '{key}': expected {len(args)} items, got {value!r}")

@@ -53,6 +53,9 @@ class DataConfig:
     color_jitter: float = 0.0
     num_workers: int = 2
     cache_images: bool = False  # keep decoded images in memory (small datasets; use with num_workers=0)
+    # Before the first epoch, check every training and validation image: header (format, size, and that the
+    # file is complete), deep (decode each in full) or off (fcoslab.datasets.image_check)
+    check_images: str = "header"
     # antialias: uint8 resize with antialiasing to round(side * scale); interpolate: torchvision's detection
     # transform (float bilinear without antialiasing, sides floor(side * scale)), for imported torchvision models
     resize: str = "antialias"
@@ -162,11 +165,15 @@ class TrainConfig:
     eval_every: int = 1
     eval_batch_size: int = 8  # images per evaluation batch (per process); evaluate and predict use it too
     checkpoint_every: int = 0  # iterations between mid-epoch checkpoints; 0 = epoch ends only
+    # Minutes of training between mid-epoch checkpoints (0 = off): a crash or kill -9 loses at most this much.
+    # Ctrl-C and SIGTERM save at the next step whatever this is.
+    checkpoint_minutes: float = 10.0
     max_nonfinite: int = 5  # consecutive non-finite losses that stop training
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     tensorboard: bool = False  # also log to RUN/tensorboard (history.json stays the record)
+    log_every: int = 20  # steps between TensorBoard's loss and lr points (also step 1, and the last before an eval)
 
 
 @dataclass(frozen=True)
@@ -292,6 +299,12 @@ def load_config(name_or_path: str = "shapes", overrides: Optional[list[str] | di
         name_or_path: a preset name from :func:`list_presets` or a path to a JSON config
             (a full ``config.json`` saved by a run works too).
         overrides: ``["train.epochs=2", ...]`` strings or a ``{"train.epochs": 2}`` dict.
+
+    Example::
+
+        import fcoslab
+        cfg = fcoslab.load_config("shapes", ["train.epochs=2", "data.min_size=224"])
+        print(cfg.train.epochs, cfg.data.min_size)  # 2 (224,)
     """
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
@@ -336,6 +349,7 @@ CHOICES = {  # keys whose value is one of a few words
     "model.backbone": ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101"), "model.p6_from": ("p5", "c5"),
     "model.head_norm": ("gn", "none"), "model.regression": ("exp", "relu_stride"),
     "model.point_spacing": ("stride", "input_ratio"), "data.resize": ("antialias", "interpolate"),
+    "data.check_images": ("off", "header", "deep"),
     "loss.box": ("iou", "giou"), "train.amp": ("auto", "fp16", "bf16", "off"), "train.optimizer": ("sgd", "adamw"),
     "train.lr_schedule": ("step", "cosine"), "train.freeze": ("none", "backbone", "backbone_fpn"),
     "eval.metrics": ("coco", "voc", "both"), "eval.backend": ("pycocotools", "faster")}
@@ -360,7 +374,8 @@ def validate(cfg: Config) -> None:
         raise FcoslabError(f"config key 'model.fpn_channels' must be an even number of at least 2, got {m.fpn_channels}")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
                        ("data.max_size", cfg.data.max_size), ("train.eval_every", cfg.train.eval_every),
-                       ("train.eval_batch_size", cfg.train.eval_batch_size)):
+                       ("train.eval_batch_size", cfg.train.eval_batch_size),
+                       ("train.log_every", cfg.train.log_every)):
         if value < 1:
             raise FcoslabError(f"config key '{key}' must be at least 1, got {value}")
     if m.backbone_width != 64:
@@ -373,6 +388,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.images_per_epoch and cfg.train.images_per_epoch < cfg.train.batch_size:
         raise FcoslabError(f"config key 'train.images_per_epoch' must be 0 (one pass over the data) or at least "
                            f"train.batch_size ({cfg.train.batch_size}), got {cfg.train.images_per_epoch}")
+    if cfg.train.checkpoint_minutes < 0:
+        raise FcoslabError(f"config key 'train.checkpoint_minutes' must be 0 (off) or positive, got "
+                           f"{cfg.train.checkpoint_minutes}")
     if cfg.data.square_size < 0 or cfg.data.min_box_area < 0:
         raise FcoslabError("config keys 'data.square_size' and 'data.min_box_area' must be 0 (off) or positive")
     if m.pad_multiple < 0 or (m.pad_multiple and m.pad_multiple % 32):

@@ -51,6 +51,15 @@ def gather_objects(obj) -> list | None:
     return out
 
 
+def all_gather_objects(obj) -> list:
+    """Every process's ``obj`` on every process, in rank order (small objects: a list of bad files)."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Give every process rank 0's buffers (e.g. BatchNorm statistics, which each process updates from
     its own batches when SyncBatchNorm is unavailable)."""

@@ -125,10 +125,20 @@ def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1) -> to
 
 @dataclass
 class Evaluation:
-    """What one evaluation produced (on rank 0): the 12 COCO ``stats`` (empty with ``eval.metrics=voc``),
-    the COCO ``results`` list, the accumulated ``evaluator`` (None without detections or COCO metrics),
-    the ``class_names`` of the dataset's categories (sorted by id), the ground truth ``gt`` (a COCO dict)
-    and ``voc``, :func:`fcoslab.voc_metrics.voc_evaluate`'s dict (None without VOC metrics)."""
+    """What one evaluation produced (on rank 0).
+
+    Attributes:
+        stats: COCO's 12 summary numbers as a dict ``{name: float}`` keyed by :data:`STAT_NAMES`, in
+            pycocotools' order: ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` (small,
+            medium, large objects), ``AR1``, ``AR10``, ``AR100`` (recall at 1, 10, 100 detections an image),
+            ``ARs``, ``ARm``, ``ARl``. Values in [0, 1]; -1 where there is no ground truth of that size
+            (pycocotools' convention); all 0 without detections; an empty dict with ``eval.metrics=voc``.
+        results: the COCO results list (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
+        evaluator: the accumulated ``COCOeval`` (None without detections or COCO metrics).
+        class_names: the names of the dataset's categories, sorted by id.
+        gt: the ground truth, a COCO dict.
+        voc: :func:`fcoslab.voc_metrics.voc_evaluate`'s dict (None without VOC metrics).
+    """
 
     stats: dict[str, float]
     results: list[dict]
@@ -213,6 +223,34 @@ def per_class_ap(evaluator, iou: Optional[float] = None) -> np.ndarray:
         if valid.size:
             out[k] = valid.mean()
     return out
+
+
+def evaluate(run: str | Path, ann_file: Optional[str | Path] = None, image_dir: Optional[str | Path] = None, *,
+             metrics: Optional[str] = None, backend: Optional[str] = None, device: str = "auto",
+             results_out: Optional[str | Path] = None) -> Evaluation:
+    """Evaluate a trained run: ``run`` is a run folder (its ``last.pt``) or a checkpoint file (e.g. ``best.pt``).
+
+    Args:
+        run: the run folder or checkpoint.
+        ann_file, image_dir: a COCO annotation file and its image folder, both or neither (default: the run's
+            ``data.val_ann`` and ``data.val_images``).
+        metrics: ``coco``, ``voc`` or ``both`` (default: the run's ``eval.metrics``).
+        backend: ``pycocotools`` or ``faster`` (default: the run's ``eval.backend``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        results_out: also write the COCO results json there.
+
+    Returns:
+        an :class:`Evaluation`; on the run's validation set its numbers equal those of ``history.json``.
+
+    Example::
+
+        import fcoslab
+        evaluation = fcoslab.evaluate("runs/shapes", metrics="both")
+        print(evaluation.stats["AP"], evaluation.record()["voc_mAP50"], evaluation.per_class())
+    """
+    return evaluate_checkpoint(run, None if ann_file is None else str(ann_file),
+                               None if image_dir is None else str(image_dir), results_out=results_out, device=device,
+                               metrics=metrics, backend=backend)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, image_dir: Optional[str] = None,

@@ -174,10 +174,23 @@ class Predictor:
 
     It runs in the run's precision rule (``train.amp``) on ``device``, with the run's evaluation
     transforms, so its detections are those that evaluation scored.
+
+    Example::
+
+        from PIL import Image
+        import fcoslab
+        predictor = fcoslab.Predictor("runs/shapes")
+        det = predictor([Image.open("data/shapes/val/000001.png")])[0]  # boxes (N, 4) xyxy, scores, labels
+        print([predictor.class_names[k] for k in det["labels"].tolist()], det["scores"])
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", amp: Optional[str] = None):
         """``amp`` replaces the run's ``train.amp`` rule (``"off"``: float32)."""
+        if not Path(checkpoint).exists():
+            where = "" if Path(checkpoint).is_absolute() else f" (that is {Path(checkpoint).resolve()})"
+            raise FcoslabError(f"checkpoint {checkpoint} does not exist{where}: give a run folder or its .pt file, "
+                               "or train one first: `make demo` writes runs/shapes, notebook 03 runs/nb_shapes, "
+                               "`fcoslab train --out RUN` any other")
         ckpt = load_checkpoint(checkpoint)
         self.cfg = config_from_dict(ckpt["config"])
         self.device = resolve_device(device)

@@ -146,12 +146,20 @@ def load_pretrained_backbone(model: "FCOS", cfg: ModelConfig) -> None:
         p = Path(cfg.backbone_weights)
         state = load_weights_file(p, "backbone weights (config key 'model.backbone_weights')")
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-        model.backbone.load_torchvision_state(state, str(p))
+        if not isinstance(state, dict):
+            raise FcoslabError(f"config key 'model.backbone_weights': {p} holds a {type(state).__name__}, not a state_dict")
+        model.backbone.load_torchvision_state(state, f"{p} (config key 'model.backbone_weights')")
     elif cfg.torchvision_weights:
         if cfg.backbone == "resnet10":
             raise FcoslabError("config key 'model.torchvision_weights': resnet10 has no pretrained weights")
         weights = torchvision.models.get_model_weights(cfg.backbone).DEFAULT
-        model.backbone.load_torchvision_state(weights.get_state_dict(progress=False), f"torchvision {weights}")
+        try:
+            state = weights.get_state_dict(progress=False)
+        except OSError as e:  # no network and no cached file (URLError is an OSError)
+            raise FcoslabError(f"config key 'model.torchvision_weights': cannot get {weights} ({e.strerror or e}): "
+                               f"without a network, put its file in {torch.hub.get_dir()}/checkpoints or set "
+                               "model.backbone_weights=PATH") from None
+        model.backbone.load_torchvision_state(state, f"torchvision {weights} (config key 'model.torchvision_weights')")
 
 
 class FPN(nn.Module):

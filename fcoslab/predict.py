@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image
-
-
 from .files import write_json
 from .datasets import read_image
-from .datasets.coco import to_rgb
 from .decode import one_class_per_object
 from .draw import draw_detections
 from .errors import FcoslabError
 from .inference import Predictor
 from .tiling import predict_tiled
 
-__all__ = ["Predictor", "images_to_show", "list_images", "predict_files"]
+__all__ = ["Predictor", "UnreadableImages", "images_to_show", "list_images", "predict_files"]
+log = logging.getLogger("fcoslab")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -36,17 +34,39 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+class UnreadableImages(FcoslabError):
+    """Some input images could not be read; the others were predicted and written. ``failed``: ``(file,
+    reason)`` pairs, ``records``: what ``detections.json`` holds."""
+
+    def __init__(self, failed: list[tuple[Path, str]], records: list[dict], out: Path):
+        self.failed, self.records = failed, records
+        super().__init__(f"{len(failed)} of {len(failed) + len(records)} images could not be read and were skipped "
+                         f"(first: {failed[0][0]}: {failed[0][1]}); the detections of the other {len(records)} are in "
+                         f"{out / 'detections.json'}")
+
+
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path,
                   score_thresh: float = 0.3, one_class: bool = False, tile: int = 0, overlap: float = 0.2) -> list[dict]:
     """Predict on image files (EXIF orientation applied), write ``OUT/NAME.png`` with the boxes drawn and
     ``OUT/detections.json``. ``one_class`` keeps only the best of overlapping boxes of different classes
     (:func:`fcoslab.decode.one_class_per_object`); ``tile`` > 0 predicts from overlapping tiles of that
-    side and the whole image (:func:`fcoslab.tiling.predict_tiled`). Returns the records written to the json."""
+    side and the whole image (:func:`fcoslab.tiling.predict_tiled`). Returns the records written to the json.
+
+    An image that cannot be read is skipped with a one-line warning; the others are predicted and written,
+    then :class:`UnreadableImages` is raised (the command line's exit status is then 2)."""
+    if not 0 <= score_thresh <= 1:
+        raise FcoslabError(f"score threshold (--score) must be in [0, 1], got {score_thresh}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, failed = [], []
     for path in list_images(inputs):
-        image = read_image(path, exif_transpose=True)
+        try:
+            image = read_image(path, exif_transpose=True)
+        except FcoslabError as e:
+            reason = str(e).split(": ", 1)[-1] if str(e).startswith("cannot read image") else str(e)
+            log.warning("skipped %s: %s", path, reason)
+            failed.append((path, reason))
+            continue
         det = predict_tiled(predictor, image, tile, overlap) if tile else predictor([image])[0]
         if one_class:
             det = one_class_per_object(det, predictor.cfg.decode.nms_thresh)
@@ -59,28 +79,24 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                                        for b, s, l in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                                           det["labels"].tolist())]})
     write_json(out / "detections.json", records)
+    if failed:
+        raise UnreadableImages(failed, records, out)
     return records
 
 
 def images_to_show(predictor: Predictor, my_images: Sequence[str | Path] = ()):
-    """The run's validation set when it is on this machine, else ``my_images`` as a dataset without ground
-    truth (an imported torchvision model has COCO's paths, which another machine may not have)."""
-    import os
-
+    """The images to look at with a run: ``my_images`` (files, or folders searched one level deep) when
+    given, as a dataset without ground truth; else the run's validation set, which must be on this machine
+    (an imported torchvision model has COCO's paths, which another machine may not have)."""
     from .datasets import CocoDetection
+    from .datasets.convert import unlabelled_images
 
+    if my_images:
+        categories = [{"id": c, "name": n} for c, n in zip(predictor.cat_ids, predictor.class_names)]
+        coco, root = unlabelled_images(list_images(my_images), categories)
+        return CocoDetection(root / "images.json", root, data=coco)
     data = predictor.cfg.data
-    if Path(data.val_ann).is_file() and Path(data.val_images).is_dir():
-        return CocoDetection(data.val_ann, data.val_images)
-    if not my_images:
+    if not (Path(data.val_ann).is_file() and Path(data.val_images).is_dir()):
         raise FcoslabError(f"the run's validation set ({data.val_ann}) is not on this machine: give your own "
                            "images (MY_IMAGES in notebook 05)")
-    files = [f.resolve() for f in list_images(my_images)]
-    root = Path(os.path.commonpath([f.parent for f in files]))
-    images = []
-    for i, f in enumerate(files, 1):
-        with Image.open(f) as im:  # the header alone
-            width, height = im.size
-        images.append({"id": i, "file_name": str(f.relative_to(root)), "width": width, "height": height})
-    categories = [{"id": c, "name": n} for c, n in zip(predictor.cat_ids, predictor.class_names)]
-    return CocoDetection(root / "images.json", root, data={"images": images, "annotations": [], "categories": categories})
+    return CocoDetection(data.val_ann, data.val_images)

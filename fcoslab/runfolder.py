@@ -21,14 +21,15 @@ from .errors import FcoslabError
 from .files import atomic_write, load_weights_file, write_json
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file (or a run folder's checkpoint when given the folder) with weights_only=True."""
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """Load a checkpoint file (or a run folder's checkpoint when given the folder) with weights_only=True;
+    ``what`` starts each error message, e.g. ``"config key 'model.init_from': checkpoint"``."""
     path = Path(path)
     if path.is_dir():
         path = RunFolder(path).checkpoint
-    ckpt = load_weights_file(path, "checkpoint")
+    ckpt = load_weights_file(path, what)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise FcoslabError(f"{path} is not an fcoslab checkpoint (no 'model' and 'config' entries)")
+        raise FcoslabError(f"{what} {path} is not an fcoslab checkpoint (no 'model' and 'config' entries)")
     return ckpt
 
 
@@ -67,6 +68,19 @@ class RunFolder:
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()
 
+    def remove_unsaved(self) -> None:
+        """Remove what a run wrote before its first checkpoint (config, history, TensorBoard log, temporary
+        files), and the folder if that leaves it empty; anything else in it stays."""
+        if not self.path.is_dir():
+            return
+        for name in (self.CONFIG, self.HISTORY, self.CONFIG + ".tmp", self.HISTORY + ".tmp", self.CHECKPOINT + ".tmp"):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "tensorboard", ignore_errors=True)
+        try:
+            self.path.rmdir()
+        except OSError:  # not empty
+            pass
+
     def check_writable(self) -> None:
         """Create the folder and prove a file can be written there, before anything is computed."""
         try:
@@ -104,5 +118,12 @@ class RunFolder:
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
-    """The evaluation history of a run folder: one dict per evaluation (epoch, step, losses, AP, ...)."""
+    """The evaluation history of a run folder: one dict per evaluation (epoch, step, losses, AP, ...).
+
+    Example::
+
+        import fcoslab
+        for record in fcoslab.read_history("runs/shapes"):
+            print(record["epoch"], record["loss"], record["AP"])
+    """
     return RunFolder(run_dir).read_history()

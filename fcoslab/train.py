@@ -6,56 +6,32 @@ Runs in one process or under torchrun (DistributedDataParallel). Rank 0 alone wr
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
+import signal
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as dist
 from .runfolder import RunFolder, rng_state, set_rng_state
-from .config import Config, TrainConfig, anchor_paths, config_from_dict, validate
+from .config import Config, anchor_paths, config_from_dict, validate
 from .datasets import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
 from .errors import FcoslabError
 from .evaluate import Evaluation, coco_backend, evaluate_model, metric_keys
-from .inference import choose_precision, inference_layout, resolve_device, training_layout
+from .inference import choose_precision, inference_layout, training_layout
 from .loss import FCOSCriterion
-from .finetune import apply_freeze, init_from
-from .model import build_model, load_pretrained_backbone
+from .finetune import apply_freeze
+from .optim import lr_factor, make_optimizer
+from .training_setup import build_training_model, check_dataset_images, setup_device
+from .stopping import StopRequests, TrainingStopped, signal_name
 from .tensorboard_log import TensorBoardLog
 
 log = logging.getLogger("fcoslab")
-
-
-def lr_factor(step: int, t: TrainConfig, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup_iters`` steps (at most a quarter
-    of the run, so that a short run still reaches its peak), then either x ``lr_gamma`` at each of
-    ``lr_steps`` (epochs, fractions allowed: 4.5 is half-way through the fifth) or a half cosine from 1
-    down to 0 at the end of the last epoch."""
-    warmup = min(t.warmup_iters, t.epochs * steps_per_epoch // 4)
-    epochs_done = step / max(steps_per_epoch, 1)
-    if t.lr_schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * min(epochs_done / t.epochs, 1.0)))
-    else:
-        decay = t.lr_gamma ** sum(epochs_done >= s for s in t.lr_steps)
-    if step < warmup:
-        alpha = step / warmup
-        return decay * (t.warmup_factor * (1 - alpha) + alpha)
-    return decay
-
-
-def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms, biases, scales
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, foreach=True)
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, foreach=True)
 
 
 def resumed_config(checkpoint: dict, overrides: Optional[dict] = None) -> Config:
@@ -68,46 +44,6 @@ def resumed_config(checkpoint: dict, overrides: Optional[dict] = None) -> Config
         cfg = cfg.replace(**anchor_paths(overrides, Path.cwd()))
         validate(cfg)
     return cfg
-
-
-def setup_device(t: TrainConfig) -> tuple[torch.device, int, int]:
-    """The device of this process, its rank and the number of processes (torchrun or one process)."""
-    device = resolve_device(t.device)
-    rank, world, local_rank = dist.init(device.type)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if t.batch_size % world:
-        raise FcoslabError(f"config key 'train.batch_size' ({t.batch_size}) must be divisible by "
-                           f"the number of processes ({world})")
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    return device, rank, world
-
-
-def build_training_model(cfg: Config, class_names: list[str], device: torch.device, world: int,
-                         pretrained: bool) -> torch.nn.Module:
-    """The bare model on ``device``: for a new run (``pretrained``) the backbone's ImageNet weights and
-    then ``model.init_from``'s detector; layout; SyncBatchNorm."""
-    m = cfg.model
-    model = build_model(cfg, m.num_classes or len(class_names))
-    if pretrained:
-        load_pretrained_backbone(model, m)
-        if m.init_from:
-            init_from(model, m, class_names)
-        elif m.frozen_bn and not (m.backbone_weights or m.torchvision_weights):
-            log.warning("frozen BatchNorm without pretrained weights: set model.backbone_weights=PATH "
-                        "(or model.torchvision_weights=true, or model.init_from=RUN), or model.frozen_bn=false "
-                        "to train from scratch")
-    model.to(device)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if world > 1 and not cfg.model.frozen_bn:
-        if device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif dist.is_main():
-            log.warning("BatchNorm statistics are per process on CPU (SyncBatchNorm needs CUDA)")
-    return model
 
 
 class Trainer:
@@ -128,12 +64,25 @@ class Trainer:
             raise FcoslabError(f"config key 'eval.best_metric': '{cfg.eval.best_metric}' is not recorded with "
                                f"eval.metrics={cfg.eval.metrics}; choose one of {', '.join(metric_keys(cfg.eval.metrics))}")
         self.device, self.rank, self.world = setup_device(cfg.train)
+        self.unsaved = dist.is_main() and not self.folder.has_checkpoint()  # cleaned up if it fails unsaved
+        try:
+            self._prepare(checkpoint)
+        except BaseException:
+            self.folder_cleanup()
+            raise
+        if dist.is_main():
+            self.folder.start(cfg.to_dict(), self.history)
+
+    def _prepare(self, checkpoint: Optional[dict]) -> None:
+        """Data (checked), model, optimizer, precision and the run's counters, restored from ``checkpoint``."""
+        cfg = self.cfg
         if dist.is_main():
             self.folder.check_writable()
             ensure_shapes(cfg.data, cfg.shapes)  # the generated set, where the config asks for it
         dist.barrier()
         torch.manual_seed(cfg.train.seed)
         self.train_set, self.val_set = build_datasets(cfg)
+        check_dataset_images((self.train_set, self.val_set), cfg.data.check_images, self.rank, self.world)
         self.index = self.train_set.index
         self.model = build_training_model(cfg, list(self.index.names), self.device, self.world,
                                           pretrained=checkpoint is None)
@@ -150,12 +99,18 @@ class Trainer:
         self.history: list[dict] = []
         self.nonfinite_total = 0
         self.elapsed = 0.0  # seconds of training and evaluation, summed over resumes
+        self.epoch_sums: dict[str, float] = {}  # loss parts summed over the current epoch's finite steps...
+        self.epoch_count = 0  # ... and their number (saved mid-epoch, so a resumed epoch's means are exact)
+        self.epoch_losses: dict[str, float] = {}  # means of the last finished epoch, for its evaluation record
+        self.pending_eval = False  # the last finished epoch is saved but not yet evaluated
+        self.stop: Optional[StopRequests] = None
+        self.stop_agreed = self.save_due = False
+        self.last_save = time.monotonic()
         if checkpoint is not None:
             self._restore(checkpoint)
         self._wrap()
-        self.tensorboard = TensorBoardLog(self.folder.path) if cfg.train.tensorboard and dist.is_main() else None
-        if dist.is_main():
-            self.folder.start(cfg.to_dict(), self.history)
+        self.tensorboard = (TensorBoardLog(self.folder.path, every=cfg.train.log_every)
+                            if cfg.train.tensorboard and dist.is_main() else None)
 
     def _wrap(self) -> None:
         """``step_model``: DistributedDataParallel under torchrun (rebuilt when ``train.freeze`` changes which
@@ -166,7 +121,11 @@ class Trainer:
     @classmethod
     def from_run(cls, out: str | Path, overrides: Optional[dict] = None, **kwargs) -> "Trainer":
         """Continue the run saved in ``out`` (its config, with training ``overrides``)."""
-        checkpoint = RunFolder(out).load()
+        folder = RunFolder(out)
+        if folder.path.is_dir() and not folder.has_checkpoint():
+            raise FcoslabError(f"{out} holds no checkpoint ({RunFolder.CHECKPOINT}) to resume: the run stopped before it "
+                               f"saved one; start it again with fcoslab train --out {out} --force")
+        checkpoint = folder.load()
         if "optimizer" not in checkpoint:  # written by fcoslab import-torchvision
             raise FcoslabError(f"{out} holds imported weights, not a training run to continue: fine-tune from it with "
                                f"fcoslab train --config tv_fcos_r50 --out NEW_RUN --set model.init_from={out}")
@@ -179,7 +138,9 @@ class Trainer:
                 "batch_in_epoch": self.batch_in_epoch, "config": self.cfg.to_dict(),
                 "num_classes": self.model.num_classes, "cat_ids": list(self.index.cat_ids),
                 "class_names": list(self.index.names), "history": self.history,
-                "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed, "rng": rng_state()}
+                "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed, "rng": rng_state(),
+                "epoch_sums": self.epoch_sums, "epoch_count": self.epoch_count, "epoch_losses": self.epoch_losses,
+                "pending_eval": self.pending_eval}
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -189,15 +150,37 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
         self.history, self.nonfinite_total = list(ckpt["history"]), ckpt.get("nonfinite_total", 0)
         self.elapsed = ckpt.get("elapsed", 0.0)
+        self.epoch_sums, self.epoch_count = dict(ckpt.get("epoch_sums", {})), ckpt.get("epoch_count", 0)
+        self.epoch_losses, self.pending_eval = dict(ckpt.get("epoch_losses", {})), ckpt.get("pending_eval", False)
         set_rng_state(ckpt["rng"])
-        log.info("resumed %s at epoch %d, step %d", self.folder.path, self.epoch, self.step)
+        log.info("resumed %s at epoch %d, step %d%s", self.folder.path, self.epoch, self.step,
+                 f" (evaluating epoch {self.epoch} first)" if self.pending_eval else "")
 
     def save(self) -> None:
         if dist.is_main():
             self.folder.save(self._state())
         dist.barrier()
+        self.last_save, self.save_due = time.monotonic(), False
+        self.unsaved = False  # the run folder now holds a checkpoint: never removed
+
+    def folder_cleanup(self) -> None:
+        """Remove what this run wrote when it fails before its first checkpoint (rank 0): no empty run folder."""
+        if dist.is_main() and self.unsaved and not self.folder.has_checkpoint():
+            self.folder.remove_unsaved()
 
     # ----------------------------------------------------------------- steps
+    def _agree(self, finite: Tensor) -> float:
+        """One all-reduce a step (the sync the loss check needs anyway) that also makes every rank agree on
+        a stop request (any rank's signal) and on a time-based checkpoint (any rank's clock). Returns the
+        mean of ``finite`` over ranks; sets ``stop_agreed`` and ``save_due``."""
+        minutes = self.cfg.train.checkpoint_minutes
+        due = minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
+        asked = self.stop is not None and self.stop.requested is not None
+        flags = torch.stack([finite, finite.new_tensor(float(asked)), finite.new_tensor(float(due))])
+        mean_finite, stop, save = dist.all_reduce_mean(flags).tolist()
+        self.stop_agreed, self.save_due = stop > 0, save > 0
+        return mean_finite
+
     def train_step(self, batch: dict) -> Optional[dict]:
         """One optimisation step. Returns the loss parts, or None when the loss was not finite."""
         lr = self.cfg.train.lr * lr_factor(self.step, self.cfg.train, self.batches_per_epoch)
@@ -211,8 +194,7 @@ class Trainer:
         with self.precision.autocast(self.device):
             outputs = self.step_model(images)
         losses, _ = self.criterion(outputs, gt_boxes, gt_labels)
-        finite = torch.isfinite(losses["loss"]).float()
-        if dist.all_reduce_mean(finite).item() < 1.0:  # every rank skips together
+        if self._agree(torch.isfinite(losses["loss"]).float()) < 1.0:  # every rank skips together
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.zero_grad(set_to_none=True)
@@ -226,13 +208,14 @@ class Trainer:
         values = dist.all_reduce_mean(torch.stack([losses[k].detach().float() for k in names])).tolist()  # one sync
         return {**dict(zip(names, values)), "lr": lr}
 
-    def train_epoch(self) -> dict:
+    def train_epoch(self) -> None:
+        """Train the rest of the current epoch (all of it, or what a resumed checkpoint left), summing the
+        loss parts into ``epoch_sums``; returns early, between two steps, when a stop was agreed."""
         sampler = EpochBatchSampler(len(self.train_set), self.cfg.train.batch_size, self.rank, self.world,
                                     self.cfg.train.seed, epoch=self.epoch, start_batch=self.batch_in_epoch,
                                     epoch_length=self.cfg.train.images_per_epoch)
         loader = make_loader(self.train_set, sampler, self.cfg)
-        sums: dict[str, float] = {}
-        count, consecutive_bad = 0, 0
+        consecutive_bad = 0
         bar = None
         if self.progress and dist.is_main():
             from tqdm.auto import tqdm
@@ -254,21 +237,24 @@ class Trainer:
                                        f"checkpoint {self.folder.checkpoint} is intact")
             else:
                 consecutive_bad = 0
-                count += 1
+                self.epoch_count += 1
                 for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
                 if bar is not None:
                     bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{parts['lr']:.4g}", refresh=False)
                 if dist.is_main():
                     self._report_step(parts)
             if bar is not None:
                 bar.update(1)
+            if self.world == 1 and self.stop is not None and self.stop.requested:
+                self.stop_agreed = True  # one process: a signal that came after the step's check stops here too
+            if self.stop_agreed:
+                break
             every = self.cfg.train.checkpoint_every
-            if every and self.step % every == 0 and self.batch_in_epoch < self.batches_per_epoch:
+            if (self.save_due or every and self.step % every == 0) and self.batch_in_epoch < self.batches_per_epoch:
                 self.save()
         if bar is not None:
             bar.close()
-        return {k: v / max(count, 1) for k, v in sums.items()}
 
     def _report_step(self, parts: dict) -> None:
         record = {"epoch": self.epoch, "step": self.step, **parts}
@@ -294,35 +280,78 @@ class Trainer:
         return evaluation
 
     def run(self) -> list[dict]:
+        """Train to ``train.epochs``. Each epoch's end is saved before it is evaluated, so a failed evaluation
+        loses no training (a resumed run evaluates it first). SIGINT/SIGTERM save at the next step boundary and
+        raise :class:`fcoslab.stopping.TrainingStopped`."""
         cfg = self.cfg
         self.model.train()
-        while self.epoch < cfg.train.epochs:
-            started = time.time()
-            if apply_freeze(self.model, cfg.train, self.epoch, self.trainable) and self.world > 1:
-                self._wrap()
-            losses = self.train_epoch()
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            best = False
-            if self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs:
-                evaluation = self.evaluate()
-                if evaluation is not None:
-                    best = self._record(losses, evaluation, time.time() - started)
-            self.elapsed += time.time() - started
-            self.save()
-            if best and dist.is_main():
-                self.folder.keep_best()
+        try:
+            with StopRequests() as self.stop:
+                while True:
+                    if self.pending_eval:
+                        self._evaluate_epoch()
+                    if self.epoch >= cfg.train.epochs:
+                        break
+                    started = time.time()
+                    if apply_freeze(self.model, cfg.train, self.epoch, self.trainable) and self.world > 1:
+                        self._wrap()
+                    self.train_epoch()
+                    self.elapsed += time.time() - started
+                    if self.stop_agreed:
+                        self._stop_saved()
+                    self._end_epoch()
+        except BaseException:
+            self.folder_cleanup()
+            raise
+        finally:
+            self.stop = None
         if self.tensorboard is not None:
             self.tensorboard.close()
         return self.history
 
-    def _record(self, losses: dict, evaluation: Evaluation, seconds: float) -> bool:
+    def _end_epoch(self) -> None:
+        """Close the epoch's loss means and save, marking the evaluation this epoch owes as pending."""
+        cfg = self.cfg
+        self.epoch_losses = {k: v / max(self.epoch_count, 1) for k, v in self.epoch_sums.items()}
+        self.epoch += 1
+        self.batch_in_epoch, self.epoch_sums, self.epoch_count = 0, {}, 0
+        self.pending_eval = self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs
+        self.save()
+
+    def _evaluate_epoch(self) -> None:
+        """The evaluation owed by the last saved epoch: recorded in the history, saved, kept as best.pt."""
+        started = time.time()
+
+        def stop_now(signum: int):
+            raise TrainingStopped(f"{signal_name(signum)}: evaluation of epoch {self.epoch} interrupted; "
+                                  f"{self.folder.checkpoint} holds that epoch's weights: "
+                                  f"fcoslab train --resume {self.folder.path} evaluates it and trains on", signum)
+
+        with self.stop.immediately(stop_now) if self.stop is not None else contextlib.nullcontext():
+            evaluation = self.evaluate()
+        self.elapsed += time.time() - started
+        best = evaluation is not None and self._record(self.epoch_losses, evaluation)
+        self.pending_eval = False
+        self.save()
+        if best and dist.is_main():
+            self.folder.keep_best()
+
+    def _stop_saved(self) -> None:
+        """Save at this step boundary and raise TrainingStopped, saying what was kept."""
+        signum = self.stop.requested or signal.SIGTERM  # another rank's signal: say SIGTERM (torchrun's)
+        self.save()
+        raise TrainingStopped(f"{signal_name(signum)}: stopped after step {self.step} (epoch {self.epoch + 1}, batch "
+                              f"{self.batch_in_epoch} of {self.batches_per_epoch}) and saved it in "
+                              f"{self.folder.checkpoint}; continue with: fcoslab train --resume {self.folder.path}",
+                              signum)
+
+    def _record(self, losses: dict, evaluation: Evaluation) -> bool:
         """Append an evaluation to the history (rank 0); True if it is the best so far by ``eval.best_metric``."""
         metric = self.cfg.eval.best_metric
         previous = [h[metric] for h in self.history if h.get(metric) is not None]
         record = {"epoch": self.epoch, "step": self.step,
                   **{f"loss_{k}" if k != "loss" else "loss": round(v, 5) for k, v in losses.items() if k != "lr"},
-                  **evaluation.record(), "seconds": round(self.elapsed + seconds, 2)}
+                  **evaluation.record(), "seconds": round(self.elapsed, 2)}
         self.history.append(record)
         log.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {record[k]:.3f}" for k in metric_keys(self.cfg.eval.metrics)
                                                        if k in ("AP", "AP50", "AP75", "voc_mAP50", "voc_mAP")

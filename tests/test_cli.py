@@ -164,8 +164,45 @@ def test_corrupt_image_in_a_worker_names_the_file(shapes_dir, tmp_path):
     shutil.copytree(shapes_dir, data)
     (data / "train" / "000002.png").write_bytes(b"garbage")
     code, _, err = run_cli("train", "--out", str(tmp_path / "r"), "--quiet", "--set",
-                           *set_args(data, **{"data.num_workers": 2}))
+                           *set_args(data, **{"data.num_workers": 2, "data.check_images": "off"}))
     assert code == 2 and "cannot read image" in err and "000002.png" in err and "Traceback" not in err
+
+
+def test_bad_images_stop_training_before_the_first_epoch(shapes_dir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(shapes_dir, data)
+    (data / "train" / "000002.png").write_bytes(b"garbage")
+    png = (data / "val" / "000001.png").read_bytes()
+    (data / "val" / "000001.png").write_bytes(png[: len(png) // 2])  # truncated
+    code = main(["train", "--out", str(tmp_path / "r"), "--quiet", "--set", *set_args(data)])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 image(s) cannot be read" in err and "Traceback" not in err
+    assert "000002.png: not an image file" in err and "000001.png: " in err
+    assert not (tmp_path / "r").exists()  # failed before its first save: no empty run folder
+
+
+def test_predict_skips_an_unreadable_image_and_writes_the_rest(trained_run, shapes_dir, tmp_path, capsys):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(shapes_dir / "val", images)
+    (images / "000003.png").write_bytes(b"not an image")
+    out = tmp_path / "pred"
+    code = main(["predict", str(trained_run), str(images), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and "1 of 8 images could not be read" in captured.err and "000003.png" in captured.err
+    records = json.loads((out / "detections.json").read_text())
+    assert len(records) == 7 and not any(r["file"].endswith("000003.png") for r in records)
+    assert len(list(out.glob("*.png"))) == 7 and "in 7 images" in captured.out
+
+
+@pytest.mark.parametrize("option, message", [(["--score", "1.5"], "--score must be"), (["--tile", "8"], "at least 32"),
+                                             (["--overlap", "1"], "--overlap in [0, 1)")])
+def test_predict_refuses_values_out_of_range(trained_run, shapes_dir, tmp_path, capsys, option, message):
+    code = main(["predict", str(trained_run), str(shapes_dir / "val"), "--out", str(tmp_path / "p"), *option])
+    assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "p").exists()
 
 
 def test_refuses_to_overwrite_a_run(trained_run):

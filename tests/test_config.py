@@ -24,6 +24,17 @@ def test_overrides_are_typed():
     assert cfg.model.centerness is False and cfg.train.lr == 0.5
 
 
+def test_one_value_for_a_list_key_is_a_list_of_one(tmp_path):
+    cfg = load_config("shapes", ["data.min_size=224", "train.lr_steps=8", "model.init_class_map=cat:dog"])
+    assert cfg.data.min_size == (224,) and cfg.train.lr_steps == (8.0,) and cfg.model.init_class_map == ("cat:dog",)
+    assert isinstance(cfg.train.lr_steps[0], float)
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"data": {"min_size": 224}, "train": {"lr_steps": 5}}))
+    cfg = load_config(str(path))
+    assert cfg.data.min_size == (224,) and cfg.train.lr_steps == (5.0,)
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
 @pytest.mark.parametrize("override,message", [
     ("train.epoch=3", "unknown config key 'train.epoch'; valid keys in 'train': epochs"),
     ("trian.epochs=3", "unknown config section 'trian'"),
@@ -31,7 +42,9 @@ def test_overrides_are_typed():
     ("train.epochs=2.5", "expected int"),
     ("model.backbone=resnet7", "'resnet7' is not one of"),
     ("train.epochs", "must look like key.sub=value"),
-    ("data.min_size=12", "expected a list"),
+    ("data.min_size=abc", "config key 'data.min_size': expected int, got 'abc'"),
+    ("data.min_size=[96,1.5]", "config key 'data.min_size[1]': expected int, got 1.5"),
+    ("assign.regress_ranges=64", "config key 'assign.regress_ranges': expected a list, got 64"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(FcoslabError, match=message.replace("(", r"\(").replace("[", r"\[")):

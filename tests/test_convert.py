@@ -275,6 +275,27 @@ def test_yolo_tolerance_and_pixel_convention(tmp_path):
     assert conv.report["orphan_labels"] == 0 and conv.report["skipped_files"] == 0
 
 
+def test_yolo_swapped_folders_or_no_images_exit_2_and_name_the_folders(tmp_path, capsys):
+    images, labels, empty = tmp_path / "images", tmp_path / "labels", tmp_path / "empty"
+    for folder in (images, labels, empty):
+        folder.mkdir()
+    Image.new("RGB", (50, 20)).save(images / "a.jpg")
+    (labels / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "n.txt").write_text("thing\n")
+    swapped = ["--images", str(labels), "--labels", str(images)]
+    code = main(["convert", "--from", "yolo", *swapped, "--names", str(tmp_path / "n.txt"), "--out", str(tmp_path / "o.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("fcoslab: error: ") and "Traceback" not in err
+    assert f"image folder {labels} holds 1 .txt label files and no images" in err
+    assert f"label folder {images} holds 1 images" in err and "look swapped" in err
+    assert not (tmp_path / "o.json").exists()
+    with pytest.raises(FcoslabError, match=f"YOLO image folder {empty} holds no images") as e:
+        yolo_to_coco(empty, labels, ["thing"])
+    assert "look swapped" not in str(e.value)
+    with pytest.raises(FcoslabError, match=f"YOLO image folder {labels} holds no images"):
+        yolo_to_coco(labels, labels, ["thing"])  # label files only, and no images elsewhere: not a swap
+
+
 # ---------------------------------------------------------------- list format
 
 
@@ -383,6 +404,25 @@ def test_convert_errors_exit_2_and_write_nothing(tmp_path, args, message, capsys
     assert err.count("\n") == 1 and err.startswith("fcoslab: error: ") and "Traceback" not in err
     assert message.replace("{tmp}", str(tmp_path)) in err
     assert not list(tmp_path.glob("o.json*"))
+
+
+def test_convert_makes_the_folders_of_out(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (50, 20)).save(tmp_path / "images" / "a.jpg")
+    (tmp_path / "images" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    out = tmp_path / "new" / "deeper" / "train.json"
+    code = main(["convert", "--from", "yolo", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "images"),
+                 "--names", str(tmp_path / "names.txt"), "--out", str(out)])
+    assert code == 2 and not (tmp_path / "new").exists()  # no names file: nothing converted, no folder made
+    (tmp_path / "names.txt").write_text("thing\n")
+    code = main(["convert", "--from", "yolo", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "images"),
+                 "--names", str(tmp_path / "names.txt"), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert len(read_coco_json(out)["annotations"]) == 1 and f"wrote {out}" in capsys.readouterr().out
+    (tmp_path / "file").write_text("")
+    code = main(["convert", "--from", "yolo", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "images"),
+                 "--names", str(tmp_path / "names.txt"), "--out", str(tmp_path / "file" / "o.json")])
+    assert code == 2 and f"cannot create the folder {tmp_path / 'file'} of --out" in capsys.readouterr().err
 
 
 def converted_splits(fmt: str, shapes_dir: Path, voc_copy: Path, tmp: Path) -> dict[str, tuple[str, str]]:

@@ -49,6 +49,17 @@ def test_perfect_detections_score_one_and_match_pycocotools(tmp_path):
     assert [stats[k] for k in STAT_NAMES] == pytest.approx(list(e.stats))
 
 
+def test_evaluation_stats_is_the_documented_dict():
+    from fcoslab.evaluate import Evaluation
+
+    evaluation = score_results(gt_dict(), perfect_detections(), ["a", "b"], "coco")
+    assert isinstance(evaluation.stats, dict) and list(evaluation.stats) == list(STAT_NAMES)
+    assert evaluation.stats["APl"] == -1 and evaluation.stats["APs"] == pytest.approx(1.0)  # no large boxes here
+    assert score_results(gt_dict(), perfect_detections(), ["a", "b"], "voc").stats == {}
+    doc = Evaluation.__doc__
+    assert "dict" in doc and all(f"``{name}``" in doc for name in STAT_NAMES) and "-1 where" in doc
+
+
 def test_half_wrong_detections_score_lower():
     results = perfect_detections()
     results[0]["bbox"] = [60.0, 0.0, 30.0, 20.0]  # misses its object

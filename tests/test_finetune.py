@@ -1,12 +1,14 @@
 """Fine-tuning: model.init_from with a new class set, class rows kept by name, train.freeze."""
 
+import logging
+
 import pytest
 import torch
 
 from helpers import tiny_overrides, torchvision_fcos
 from fcoslab.config import load_config
 from fcoslab.errors import FcoslabError
-from fcoslab.finetune import class_rows, init_from
+from fcoslab.finetune import apply_freeze, class_rows, init_from
 from fcoslab.model import build_model
 from fcoslab.train import Trainer
 
@@ -19,7 +21,7 @@ def test_class_rows_by_name_and_by_map():
         class_rows(["a"], ["x"], ("q:x",))
 
 
-def test_init_from_keeps_fitting_tensors_and_the_rows_of_named_classes(shapes_dir, tmp_path):
+def test_init_from_keeps_fitting_tensors_and_the_rows_of_named_classes(shapes_dir, tmp_path, caplog):
     cfg = load_config("shapes", tiny_overrides(shapes_dir))
     old = build_model(cfg, 4)
     torch.nn.init.normal_(old.head.cls_logits.weight)
@@ -29,7 +31,11 @@ def test_init_from_keeps_fitting_tensors_and_the_rows_of_named_classes(shapes_di
     new_cfg = cfg.replace(**{"model.init_from": str(path), "model.init_class_map": ["b:x"]})
     new = build_model(new_cfg, 3)
     fresh_bias = new.head.cls_logits.bias.detach().clone()
-    report = init_from(new, new_cfg.model, ["c", "x", "y"])
+    with caplog.at_level(logging.INFO, logger="fcoslab"):
+        report = init_from(new, new_cfg.model, ["c", "x", "y"])
+    assert ("classifier: 1 classes kept by name (c), 1 by model.init_class_map (b->x), 1 fresh (y)"
+            in caplog.text), caplog.text
+    assert report["classes_mapped"] == {"x": "b"}
     w_old, w_new = old.head.cls_logits.weight, new.head.cls_logits.weight
     assert torch.equal(w_new[0], w_old[2]) and torch.equal(w_new[1], w_old[1])  # c by name, x from b
     assert not torch.equal(w_new[2], w_old[3]) and new.head.cls_logits.bias[2] == fresh_bias[2]  # y is fresh
@@ -41,6 +47,38 @@ def test_init_from_keeps_fitting_tensors_and_the_rows_of_named_classes(shapes_di
     report = init_from(narrow, narrow_cfg.model, ["c", "x", "y"])
     assert "head.cls_logits.weight" in report["skipped"] and report["classes_kept"] == []
     assert torch.equal(narrow.backbone.stem[0].weight, old.backbone.stem[0].weight)
+
+
+def test_a_missing_init_from_names_the_key(shapes_dir, tmp_path):
+    cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"model.init_from": str(tmp_path / "none")}))
+    with pytest.raises(FcoslabError, match=f"config key 'model.init_from': checkpoint {tmp_path / 'none'} does not exist"):
+        init_from(build_model(cfg, 3), cfg.model, ["a", "b", "c"])
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FcoslabError, match="config key 'model.init_from': checkpoint .*empty_run/last.pt does not exist"):
+        init_from(build_model(cfg, 3), cfg.replace(**{"model.init_from": str(tmp_path / "empty_run")}).model, ["a", "b", "c"])
+
+
+def test_freezing_and_unfreezing_are_logged_once_with_the_epoch(shapes_dir, caplog, monkeypatch):
+    from fcoslab import distributed
+
+    cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"train.freeze": "backbone_fpn", "train.freeze_epochs": 2,
+                                                              "model.freeze_at": 1}))
+    model = build_model(cfg, 3)
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    with caplog.at_level(logging.INFO, logger="fcoslab"):
+        changed = [apply_freeze(model, cfg.train, epoch, trainable) for epoch in range(4)]
+    assert changed == [True, False, True, False]
+    messages = [r.getMessage() for r in caplog.records if "train.freeze" in r.getMessage()]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("epoch 1: train.freeze=backbone_fpn: backbone+fpn frozen (") and "for epochs 1-2" in messages[0]
+    assert messages[1].startswith("epoch 3: train.freeze=backbone_fpn ends (train.freeze_epochs=2): backbone+fpn trains")
+    frozen = sum(not trainable[n] for n, _ in model.named_parameters())  # model.freeze_at's stages: never changed
+    assert frozen > 0 and all(p.requires_grad == trainable[n] for n, p in model.named_parameters())
+    caplog.clear()
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    with caplog.at_level(logging.INFO, logger="fcoslab"):
+        assert apply_freeze(model, cfg.train, 0, trainable)
+    assert not [r for r in caplog.records if "train.freeze" in r.getMessage()]  # other processes stay quiet
 
 
 def test_backbone_frozen_for_one_epoch_then_trained(shapes_dir, tmp_path):

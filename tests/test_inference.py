@@ -85,3 +85,14 @@ def test_every_preset_defaults_to_auto():
     from fcoslab.config import list_presets, load_config
 
     assert {load_config(name).train.amp for name in list_presets()} == {"auto"}
+
+
+def test_a_missing_run_says_how_to_make_one(tmp_path, monkeypatch):
+    from fcoslab.errors import FcoslabError
+
+    with pytest.raises(FcoslabError, match=f"checkpoint {tmp_path / 'none'} does not exist: give a run folder") as e:
+        inference.Predictor(tmp_path / "none")
+    assert "`make demo` writes runs/shapes" in str(e.value) and "notebook 03" in str(e.value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FcoslabError, match=f"checkpoint ../runs/shapes does not exist \\(that is {tmp_path.parent}/runs/shapes\\)"):
+        inference.Predictor("../runs/shapes")  # notebook 05's default, seen from the notebooks folder

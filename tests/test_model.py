@@ -91,12 +91,27 @@ def test_pretrained_backbone_loads_after_the_model_is_built(tmp_path):
     assert torch.equal(model.backbone.stem[0].weight, reference.conv1.weight)
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
     (tmp_path / "bad.pth").write_text("not weights")
-    for bad, message in ((tmp_path / "none.pth", "does not exist"), (tmp_path / "bad.pth", "cannot load backbone weights")):
-        with pytest.raises(FcoslabError, match=message):
-            load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(bad)}).model)
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(FcoslabError, match="do not fit the backbone"):
-        load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(tmp_path / "other.pth")}).model)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    for bad, message in ((tmp_path / "none.pth", "does not exist"), (tmp_path / "bad.pth", "cannot load backbone weights"),
+                         (tmp_path / "other.pth", "do not fit the backbone"), (tmp_path / "tensor.pth", "not a state_dict")):
+        with pytest.raises(FcoslabError, match=message) as err:
+            load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(bad)}).model)
+        assert "config key 'model.backbone_weights'" in str(err.value) and str(bad) in str(err.value)
+
+
+def test_torchvision_weights_without_network_name_the_key(monkeypatch):
+    from urllib.error import URLError
+
+    from torchvision.models import WeightsEnum
+
+    def offline(self, *args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    cfg = load_config("shapes", {"model.backbone": "resnet18", "model.backbone_width": 64, "model.torchvision_weights": True})
+    with pytest.raises(FcoslabError, match="config key 'model.torchvision_weights': cannot get ResNet18_Weights"):
+        load_pretrained_backbone(build_model(cfg, 3), cfg.model)
 
 
 @pytest.mark.parametrize("strides", [(8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 128), (4, 8, 16, 32),
@@ -149,5 +164,6 @@ def test_imagenet_resnet50_file_by_torchvision_name(tmp_path):
     assert torch.equal(model.backbone.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
     r18 = tmp_path / "resnet18-f37072fd.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), r18)
-    with pytest.raises(FcoslabError, match=r"resnet18-f37072fd.pth do not fit the backbone: .*layer1\.0\.conv1\.weight"):
+    with pytest.raises(FcoslabError, match=r"resnet18-f37072fd.pth \(config key 'model.backbone_weights'\) do not fit the backbone: "
+                       r".*layer1\.0\.conv1\.weight"):
         load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(r18)}).model)

@@ -79,3 +79,18 @@ def test_parameters_go_only_where_a_notebook_declares_them(tmp_path, monkeypatch
 def test_notebooks_do_not_change_directory():
     for path in notebook_paths():
         assert "chdir" not in path.read_text() and "use_project_root" not in path.read_text(), path
+
+
+def test_notebook_05_defaults_to_the_demo_run_and_a_missing_run_is_one_clear_error(tmp_path):
+    """``make demo`` trains ``runs/shapes``; notebook 05 runs in notebooks/, so its default is ../runs/shapes."""
+    import papermill
+
+    path = next(p for p in notebook_paths(["05"]))
+    assert papermill.inspect_notebook(str(path))["RUN_DIR"]["default"] == '"../runs/shapes"'
+    assert "--out runs/shapes" in (ROOT / "Makefile").read_text()
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        execute_notebook(path, tmp_path, {"RUN_DIR": str(tmp_path / "none")}, timeout=120)
+    assert e.value.ename == "FcoslabError" and "make demo" in e.value.evalue, e.value.evalue
+    nb = json.loads((tmp_path / path.name).read_text())
+    failed = [c for c in nb["cells"] if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failed) == 1 and "".join(failed[0]["source"]).startswith("predictor = Predictor(RUN_DIR)")

@@ -40,7 +40,8 @@ def test_dataset_stats_and_report(shapes_dir, tmp_path):
     assert sum(counts.values()) == sum(len(b) for b, _ in ds.targets.values())
     with pytest.raises(FcoslabError, match="does not exist"):
         analysis.data_report(tmp_path / "none.json", tmp_path)
-    summary, problems = analysis.data_report(shapes_dir / "train.json", shapes_dir / "train")
+    summary, problems, bad = analysis.data_report(shapes_dir / "train.json", shapes_dir / "train")
+    assert bad == [] and f"{len(ds)} images opened without a problem" in summary
     n_boxes = sum(len(b) for b, _ in ds.targets.values())
     assert f"{len(ds)} images" in summary and f"{n_boxes} boxes" in summary and "4 classes" in summary
     assert all(isinstance(line, str) for line in problems)

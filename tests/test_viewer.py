@@ -12,6 +12,7 @@ from fcoslab.config import load_config
 from fcoslab.datasets import CocoDetection
 from fcoslab.predict import Predictor
 from fcoslab.train import train
+from fcoslab.predict import images_to_show
 from fcoslab.viewer import PredictionViewer, match_detections
 
 
@@ -22,6 +23,23 @@ def viewer(shapes_dir, tmp_path_factory):
     predictor = Predictor(out)
     dataset = CocoDetection(shapes_dir / "val.json", shapes_dir / "val")
     return PredictionViewer(predictor, dataset, score=0.0)
+
+
+def test_my_images_reach_the_viewer_even_with_a_validation_set(shapes_dir, tmp_path):
+    from types import SimpleNamespace
+
+    names = ["ellipse", "rectangle", "triangle", "cross"]
+    predictor = SimpleNamespace(cfg=load_config("shapes", tiny_overrides(shapes_dir)), cat_ids=[1, 2, 3, 4],
+                                class_names=names)  # what images_to_show reads of a Predictor
+    assert len(images_to_show(predictor)) == 8  # no images of one's own: the run's validation set
+    (tmp_path / "mine").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "mine" / "a.png")
+    Image.new("L", (20, 10)).save(tmp_path / "mine" / "b.jpg")
+    for given in ([str(tmp_path / "mine")], [tmp_path / "mine" / "a.png", tmp_path / "mine" / "b.jpg"]):
+        mine = images_to_show(predictor, given)
+        assert [(im["file_name"], im["width"], im["height"]) for im in mine.images] == [("a.png", 40, 30), ("b.jpg", 20, 10)]
+        assert mine.data["annotations"] == [] and list(mine.index.names) == names
+        assert tuple(mine.load_image(1).size) == (20, 10)
 
 
 def digest(v):

@@ -12,3 +12,5 @@ from .convert import Conversion, read_class_names  # noqa: F401
 from .voc import VOC_CLASSES, voc_to_coco  # noqa: F401
 from .yolo import read_yolo_names, yolo_to_coco  # noqa: F401
 from .boxlist import list_to_coco  # noqa: F401
+from .image_check import (CHECK_DEPTHS, dataset_image_files, describe_bad_images, find_bad_images,  # noqa: F401
+                          image_problem)

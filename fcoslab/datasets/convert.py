@@ -93,6 +93,23 @@ class CocoBuilder:
         return check_coco_dict(data, self.source)
 
 
+def unlabelled_images(files: Sequence[PathLike], categories: list[dict]) -> tuple[dict, Path]:
+    """Image files as a COCO dict without annotations (one's own images, to predict on), and the folder the
+    ``file_name`` entries are relative to: the files' common folder. Ids ``1..n`` in the order given, sizes
+    from the image headers; ``categories`` (``[{"id", "name"}, ...]``) as the model has them."""
+    paths = [Path(f).resolve() for f in files]
+    if not paths:
+        raise FcoslabError("no image files given")
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    images = []
+    for i, path in enumerate(paths, 1):
+        width, height = image_size(path, "your images")
+        images.append({"id": i, "file_name": path.relative_to(root).as_posix(), "width": width, "height": height})
+    data = {"info": {"description": f"images in {root}"}, "images": images, "annotations": [],
+            "categories": [dict(c) for c in categories]}
+    return check_coco_dict(data, f"images in {root}"), root
+
+
 def read_lines(path: PathLike, what: str) -> list[str]:
     """The lines of a text file (without line ends); FcoslabError if it is missing or unreadable."""
     path = Path(path)

@@ -43,7 +43,8 @@ def yolo_to_coco(images_dir: PathLike, labels_dir: PathLike, names: PathLike | S
 
     Raises:
         FcoslabError: with ``file:line`` for a bad line (number of fields, non-number, class out of range,
-            value outside [0, 1]); for a bad names file or an unreadable image.
+            value outside [0, 1]); for a bad names file or an unreadable image; for an image folder without
+            images (naming both folders when they look swapped).
     """
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     for folder, what in ((images_dir, "image"), (labels_dir, "label")):
@@ -52,6 +53,8 @@ def yolo_to_coco(images_dir: PathLike, labels_dir: PathLike, names: PathLike | S
     names_file = Path(names) if isinstance(names, (str, os.PathLike)) else None
     class_names = read_yolo_names(names_file) if names_file else list(names)
     images, skipped = _image_files(images_dir)
+    if not images:
+        raise FcoslabError(_no_images_message(images_dir, labels_dir))
     labels = {p.relative_to(labels_dir).with_suffix(""): p for p in sorted(labels_dir.rglob("*.txt"))
               if names_file is None or p.resolve() != names_file.resolve()}
     builder = CocoBuilder(class_names, f"YOLO {images_dir}")
@@ -85,6 +88,19 @@ def _image_files(images_dir: Path) -> tuple[dict[Path, Path], int]:
             raise FcoslabError(f"YOLO images {images[key]} and {path} would share the label file {key}.txt")
         images[key] = path
     return images, skipped
+
+
+def _no_images_message(images_dir: Path, labels_dir: Path) -> str:
+    """Why an image folder without images is an error: the image and label folders given the other way
+    round (the image folder holds label files, the label folder images), or no images at all."""
+    label_files = sum(1 for _ in images_dir.rglob("*.txt"))
+    label_folder_images = sum(1 for p in labels_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if label_files and label_folder_images:
+        return (f"YOLO image folder {images_dir} holds {label_files} .txt label files and no images, and the label "
+                f"folder {labels_dir} holds {label_folder_images} images: the two folders look swapped "
+                f"(--images should be {labels_dir}, --labels {images_dir})")
+    return (f"YOLO image folder {images_dir} holds no images (searched recursively for "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
 
 
 def read_yolo_labels(path: Path, num_classes: int, width: int, height: int) -> list[tuple[int, tuple]]:
