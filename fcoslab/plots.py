@@ -150,6 +150,25 @@ def plot_map_curves(histories: dict[str, list[dict]], keys: Sequence[str] = ("AP
     return fig
 
 
+def plot_ablation(summary: dict, keys: Sequence[str] = ("AP", "AP50", "AP75")):
+    """An ablation's final metrics (``fcoslab ablate``'s summary): one panel per metric, each seed's run a
+    dot, each variant's mean a bar with its standard deviation over seeds."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    names = [v["variant"] for v in summary["variants"]]
+    for ax, key in zip(axes[0], keys):
+        for i, v in enumerate(summary["variants"]):
+            s = v["metrics"][key]
+            if s["mean"] is None:
+                continue
+            ax.bar(i, s["mean"], yerr=s["std"], color=_colour(i), alpha=0.35, capsize=4)
+            ax.plot([i] * len(s["values"]), s["values"], "o", color=_colour(i))
+        ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+        ax.set_title(f"{key} ({len(summary['seeds'])} seeds)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
 def plot_loss_curves(histories: dict[str, list[dict]]):
     parts = ("loss", "loss_cls", "loss_box", "loss_centerness")
     return plot_map_curves(histories, keys=parts)

@@ -11,9 +11,9 @@ from fcoslab.notebooks import execute_notebook, notebook_paths
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_five_numbered_notebooks_are_thin_and_stripped():
+def test_six_numbered_notebooks_are_thin_and_stripped():
     paths = notebook_paths()
-    assert [p.name[:2] for p in paths] == ["01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in paths] == ["01", "02", "03", "04", "05", "06"]
     for path in paths:
         nb = json.loads(path.read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
@@ -33,8 +33,11 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path):
         "01": {"CONFIG": "shapes", **data},
         "02": {"CONFIG": "shapes", "N_IMAGES_FOR_COUNTS": 4},
         "03": {"CONFIG": "shapes", "OVERRIDES": over, "RUN_DIR": run},
-        "04": {"RUNS": [run]},
+        "04": {"RUNS": [run, run], "BOOTSTRAP": 50},
         "05": {"RUN_DIR": run, "MY_IMAGES": [str(shapes_dir / "val" / "000001.png")], "N_SHOW": 4},
+        "06": {"VARY": ["model.centerness=true,false"], "SEEDS": 1, "OUT": str(tmp_path / "ablation"), "BOOTSTRAP": 50,
+               "OVERRIDES": [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                             for k, v in {**over, "train.epochs": 1}.items()]},
     }
     # notebook 02 reads the preset's own data: point the preset at the tiny set through its overrides
     params["02"]["CONFIG"] = str(tmp_path / "tiny.json")
@@ -50,10 +53,11 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path):
         errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, (path.name, errors)
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
-    for prefix in ("01_", "02_", "03_", "04_", "05_"):
+    for prefix in ("01_", "02_", "03_", "04_", "05_", "06_"):
         assert any(f.startswith(prefix) for f in figures), (prefix, figures)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
+    assert (tmp_path / "ablation" / "summary.md").is_file()
 
 
 def test_parameters_go_only_where_a_notebook_declares_them(tmp_path, monkeypatch):

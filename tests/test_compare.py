@@ -1,0 +1,89 @@
+"""``fcoslab compare`` and ``fcoslab ablate`` end to end on tiny runs: the point estimates are the runs' own
+COCO numbers, a run against itself differs by exactly 0, an ablation killed part-way continues where it
+stopped, and submitit's local executor runs the same grid."""
+
+import json
+
+import pytest
+
+from fcoslab import ablate
+from fcoslab.cli import main
+from fcoslab.runfolder import read_history
+from helpers import set_args
+
+VARY = ["model.centerness=true,false"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(shapes_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    for seed in (0, 1):
+        assert main(["train", "--quiet", "--out", str(root / f"s{seed}"), "--set",
+                     *set_args(shapes_dir, **{"train.seed": seed})]) == 0
+    return root / "s0", root / "s1"
+
+
+def test_compare_gives_each_run_its_own_ap_with_an_interval_and_paired_differences(two_runs, tmp_path, capsys):
+    a, b = two_runs
+    out = tmp_path / "cmp" / "report.json"
+    assert main(["compare", str(a), str(b), str(a), "--bootstrap", "200", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "8 images; 95% intervals from 200 bootstrap resamples" in text and f"minus {a}" in text
+    report = json.loads(out.read_text())
+    for run, record in zip((a, b, a), report["runs"]):
+        history = read_history(run)[-1]
+        for m in ("AP", "AP50", "AP75"):
+            value, (lo, hi) = record["metrics"][m]["value"], record["metrics"][m]["ci"]
+            assert value == pytest.approx(history[m], abs=1e-5) and lo <= hi
+    itself = report["runs"][2]["vs_first"]["AP"]
+    assert itself == {"value": 0.0, "ci": [0.0, 0.0], "p": 1.0}
+    other = report["runs"][1]["vs_first"]["AP"]
+    assert other["value"] == pytest.approx(report["runs"][1]["metrics"]["AP"]["value"] -
+                                           report["runs"][0]["metrics"]["AP"]["value"])
+    assert 0 < other["p"] <= 1
+
+
+def test_an_interrupted_ablation_continues_where_it_stopped(shapes_dir, tmp_path, monkeypatch):
+    out = tmp_path / "abl"
+    trained = []
+    real = ablate.train_planned
+
+    def stops_after_one(config, run, progress=False):
+        if len(trained) == 1:
+            raise KeyboardInterrupt  # a kill between two runs (a kill within a run resumes from its last.pt)
+        trained.append(run.path)
+        return real(config, run, progress)
+
+    monkeypatch.setattr(ablate, "train_planned", stops_after_one)
+    args = ["ablate", "--vary", *VARY, "--seeds", "1", "--out", str(out), "--bootstrap", "100", "--quiet",
+            "--set", *set_args(shapes_dir, **{"model.backbone_width": 8})]
+    assert main(args) == 130
+    assert len(trained) == 1 and not (out / "summary.json").exists()
+    monkeypatch.setattr(ablate, "train_planned", lambda config, run, progress=False: trained.append(run.path) or
+                        real(config, run, progress))
+    assert main(args) == 0
+    assert len(trained) == 3 and len(set(trained)) == 2  # the first run was found finished, not trained again
+    summary = json.loads((out / "summary.json").read_text())
+    assert [v["variant"] for v in summary["variants"]] == ["model.centerness=true", "model.centerness=false"]
+    base, other = summary["variants"]
+    for variant in summary["variants"]:  # the spread is over the runs' own (history) numbers
+        history = read_history(variant["runs"][0])[-1]
+        assert variant["metrics"]["AP"]["values"] == [pytest.approx(history["AP"], abs=1e-5)]
+    d = other["vs_baseline"]["AP"]
+    assert d["mean"] == pytest.approx(other["metrics"]["AP"]["mean"] - base["metrics"]["AP"]["mean"])
+    assert d["ci"][0] <= d["ci"][1] and 0 < d["p"] <= 1 and d["std"] == 0.0  # one seed: no spread over seeds
+    assert "| model.centerness=false |" in (out / "summary.md").read_text()
+    other_grid = ["ablate", "--vary", "model.centerness=false,true", "--seeds", "1", "--out", str(out), "--quiet"]
+    assert main(other_grid) == 2  # another grid in the same folder is refused
+
+
+def test_ablation_runs_through_submitit_locally(shapes_dir, tmp_path):
+    out = tmp_path / "abl"
+    args = ["ablate", "--vary", "model.centerness=true,false", "--seeds", "1", "--out", str(out), "--bootstrap", "50",
+            "--launcher", "submitit", "--cluster", "local", "--quiet",
+            "--set", *set_args(shapes_dir, **{"model.backbone_width": 8})]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "submitit").iterdir() if p.suffix == ".out")  # the jobs' own logs
+    summary = json.loads((out / "summary.json").read_text())
+    assert [len(v["runs"]) for v in summary["variants"]] == [1, 1]
+    assert read_history(summary["variants"][1]["runs"][0])[-1]["epoch"] == 1
