@@ -1,4 +1,4 @@
-"""The ``fcoslab`` command line: presets, make-shapes, make-cocolike, convert, check-data, train, evaluate,
+"""The ``fcoslab`` command line: presets, make-shapes, make-cocolike, convert, check-data, train, evaluate, compare,
 predict, export.
 
 User mistakes print one line, ``fcoslab: error: ...``, and exit with status 2. Training runs under
@@ -16,6 +16,9 @@ from pathlib import Path
 from .config import PRESET_DIR, list_presets, load_config, parse_overrides
 from .errors import FcoslabError
 from .runfolder import RunFolder
+from .stopping import TrainingStopped
+from .cli_predict import add_prediction_commands
+from .cli_research import add_research_commands
 
 
 def _cmd_presets(args) -> None:
@@ -33,15 +36,18 @@ def _cmd_make_shapes(args) -> None:
 
 def _cmd_make_cocolike(args) -> None:
     from .datasets import make_cocolike
+    from .datasets.cocolike import parse_sizes
 
-    paths = make_cocolike(args.out, args.train, args.val, args.seed, args.width, args.height, args.classes)
+    paths = make_cocolike(args.out, args.train, args.val, args.seed, args.width, args.height, args.classes,
+                          sizes=parse_sizes(args.sizes) if args.sizes else None)
     print(f"wrote {args.train} train and {args.val} val images: {paths['train']}, {paths['val']}")
 
 
 # Options that name a dataset in another format (convert --from, check-data --format): dest -> (flag, formats).
 SOURCE_OPTIONS = {"root": ("--root", "voc"), "split": ("--split", "voc"), "classes": ("--classes", "voc"),
                   "images_dir": ("--images", "yolo list"), "labels": ("--labels", "yolo"),
-                  "names": ("--names", "yolo list"), "list_file": ("--list", "list"), "one_based": ("--one-based", "list")}
+                  "names": ("--names", "yolo list"), "list_file": ("--list", "list"), "one_based": ("--one-based", "list"),
+                  "pixels": ("--pixels", "list")}
 SOURCE_REQUIRED = {"voc": ("root",), "yolo": ("images_dir", "labels", "names"), "list": ("list_file", "images_dir", "names")}
 
 
@@ -66,19 +72,24 @@ def _convert_source(args, flag: str):
         return voc_to_coco(args.root, args.split or "trainval", classes)
     if args.fmt == "yolo":
         return yolo_to_coco(args.images_dir, args.labels, args.names)
-    return list_to_coco(args.list_file, args.images_dir, args.names, one_based=args.one_based)
+    return list_to_coco(args.list_file, args.images_dir, args.names, one_based=args.one_based, pixels=args.pixels)
 
 
 def _cmd_convert(args) -> None:
     from .files import write_json
 
     conversion = _convert_source(args, "--from")
-    write_json(Path(args.out), conversion.coco)
+    out = Path(args.out)
+    try:  # as predict does: the folder is made, once there is something to write into it
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FcoslabError(f"cannot create the folder {out.parent} of --out: {e.strerror or e}") from None
+    write_json(out, conversion.coco)
     print(conversion.summary())
     print(f"wrote {args.out}; its image folder (data.train_images or data.val_images): {conversion.image_dir}")
 
 
-def _cmd_check_data(args) -> None:
+def _cmd_check_data(args) -> int:
     from .analysis import data_report
 
     if args.fmt == "coco":
@@ -86,17 +97,24 @@ def _cmd_check_data(args) -> None:
         if args.ann is None or args.images is None:
             raise FcoslabError("check-data needs ANN IMAGES (a COCO file and its image folder), or --format "
                                "voc|yolo|list with that format's options")
-        summary, problems = data_report(args.ann, args.images)
+        summary, problems, bad = data_report(args.ann, args.images, deep=args.deep)
     else:
         if args.ann is not None:
             raise FcoslabError(f"check-data --format {args.fmt} takes no ANN IMAGES arguments: name the data "
                                "with the format's options (see fcoslab check-data -h)")
         conversion = _convert_source(args, "--format")
         print(conversion.summary())
-        summary, problems = data_report(conversion.source, conversion.image_dir, data=conversion.coco)
+        summary, problems, bad = data_report(conversion.source, conversion.image_dir, data=conversion.coco,
+                                             deep=args.deep)
     print(summary)
     for problem in problems:
         print(f"  - {problem}")
+    if bad:
+        print(f"{len(bad)} image(s) cannot be used:", file=sys.stderr)
+        for path, reason in bad:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_train(args) -> None:
@@ -170,39 +188,6 @@ def _write_analysis(evaluation, out: Path, iou: float, score: float) -> None:
     print(f"analysis written to {out}: analysis.json, confusion_matrix.png, errors.png")
 
 
-def _cmd_predict(args) -> None:
-    from .predict import Predictor, predict_files
-
-    inputs = args.inputs
-    if args.onnx:  # every positional is an image: argparse gives the first to checkpoint when there are several
-        from .export import OnnxPredictor
-
-        predictor = OnnxPredictor(args.onnx)
-        inputs = ([args.checkpoint] if args.checkpoint else []) + inputs
-    elif args.checkpoint is None:
-        raise FcoslabError("predict needs CHECKPOINT (a run folder or .pt file) before the images, or --onnx FILE")
-    else:
-        predictor = Predictor(args.checkpoint, device=args.device)
-    if args.tile < 0 or not 0 <= args.overlap < 1:
-        raise FcoslabError(f"--tile must be 0 (off) or a side in pixels and --overlap in [0, 1); got {args.tile}, "
-                           f"{args.overlap}")
-    records = predict_files(predictor, inputs, args.out, args.score, one_class=args.one_class, tile=args.tile,
-                            overlap=args.overlap)
-    n = sum(len(r["detections"]) for r in records)
-    print(f"{n} detections in {len(records)} images; drawings and detections.json in {args.out}")
-
-
-def _cmd_export(args) -> None:
-    from .export import export_onnx
-
-    result = export_onnx(args.checkpoint, args.out, dynamic=args.dynamic, with_decode=args.with_decode,
-                         image_size=args.image_size, opset=args.opset)
-    size = "dynamic" if result["image_size"] is None else "x".join(map(str, result["image_size"]))
-    diffs = ", ".join(f"{k} {v:.2g}" for k, v in result["max_abs_diff"].items())
-    print(f"wrote {result['path']} (opset {args.opset}, input {size}; inputs {', '.join(result['inputs'])}; "
-          f"outputs {', '.join(result['outputs'])}); onnxruntime vs fcoslab, largest differences: {diffs}")
-
-
 def _cmd_import_torchvision(args) -> None:
     from .datasets import read_class_names
     from .import_torchvision import import_torchvision
@@ -258,35 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overrides of the tv_fcos_r50 preset, e.g. the data paths for evaluation")
     p.set_defaults(func=_cmd_import_torchvision)
 
-    _add_export_command(sub)
-    p = sub.add_parser("predict", help="draw detections on images")
-    p.add_argument("checkpoint", nargs="?", help="run folder or .pt file (none with --onnx)")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--onnx", metavar="FILE", help="instead of a checkpoint: an fcoslab export --with-decode file")
-    p.add_argument("--score", type=float, default=0.3, help="score threshold (default 0.3)")
-    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    p.add_argument("--one-class", action="store_true",
-                   help="keep only the best of overlapping boxes of different classes (class-agnostic NMS)")
-    p.add_argument("--tile", type=int, default=0, help="predict from overlapping tiles of this side (px) and the "
-                                                        "whole image, merged by NMS (large images, small objects)")
-    p.add_argument("--overlap", type=float, default=0.2, help="tile overlap, a fraction of --tile (default 0.2)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_cmd_predict)
+    add_prediction_commands(sub)
+    add_research_commands(sub)
     return parser
-
-
-def _add_export_command(sub) -> None:
-    p = sub.add_parser("export", help="export a run to ONNX (the network, or with --with-decode boxes from an image)")
-    p.add_argument("checkpoint", help="run folder or .pt file")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="only onnx")
-    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
-    p.add_argument("--dynamic", action="store_true", help="dynamic batch (network alone), height and width")
-    p.add_argument("--with-decode", action="store_true",
-                   help="include decoding and NMS: one padded image and its sizes in, boxes, scores, labels out")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 to 20 (default 17)")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="N",
-                   help="H [W] of the (static) input; default the run's test size padded to its size divisibility")
-    p.set_defaults(func=_cmd_export)
 
 
 def _add_generator_commands(sub) -> None:
@@ -312,6 +271,8 @@ def _add_generator_commands(sub) -> None:
     p.add_argument("--width", type=int, default=640, help="default 640")
     p.add_argument("--height", type=int, default=480, help="default 480")
     p.add_argument("--classes", type=int, default=80, help="at most 80 (default 80)")
+    p.add_argument("--sizes", help="a size per image drawn from WxH,WxH,... or 'mixed' (sizes common in COCO); "
+                                   "replaces --width and --height")
     p.set_defaults(func=_cmd_make_cocolike)
 
 
@@ -328,6 +289,8 @@ def _add_data_commands(sub) -> None:
     p.add_argument("images", nargs="?", help="its image folder")
     p.add_argument("--format", dest="fmt", default="coco", choices=["coco", "voc", "yolo", "list"],
                    help="annotation format (default coco); others are converted in memory")
+    p.add_argument("--deep", action="store_true", help="decode every image in full (default: each image's header "
+                                                         "and the end of its file); exit status 1 if any is bad")
     _add_source_options(p)
     p.set_defaults(func=_cmd_check_data)
 
@@ -341,7 +304,11 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", help="yolo: label folder")
     g.add_argument("--names", help="yolo: data.yaml or classes.txt; list: names file, first line background")
     g.add_argument("--list", dest="list_file", help="list: the list file")
-    g.add_argument("--one-based", action="store_true", help="list: 1-based inclusive pixel indices (as VOC)")
+    g.add_argument("--pixels", choices=["continuous", "one-based", "zero-based"],
+                   help="list: how the numbers count pixels (default continuous; the reference's VOC lists are "
+                        "zero-based: x2 = xmax + 1, its COCO lists continuous)")
+    g.add_argument("--one-based", action="store_true", help="list: the same as --pixels one-based (1-based "
+                                                             "inclusive indices, as VOC's XML)")
 
 
 def _user_message(err: FcoslabError) -> str:
@@ -358,14 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except FcoslabError as e:
         print(f"fcoslab: error: {_user_message(e)}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:  # training saved what it had: say what and how to go on
+        print(f"fcoslab: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("fcoslab: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,7 @@
 
 A config is built in three layers: the dataclass defaults, a preset (``fcoslab/presets/NAME.json`` or
 any JSON file) and command-line overrides. Unknown keys and values of the wrong type are errors that
-name the key and list what is valid. Every run saves the resolved config as ``config.json``.
-"""
+name the key and list what is valid. Every run saves the resolved config as ``config.json``."""
 
 from __future__ import annotations
 
@@ -63,6 +62,7 @@ class DataConfig:
     # the image, evaluation resizes the whole image to the square (aspect not kept); min_size etc. unused
     square_size: int = 0
     min_box_area: float = 0.0  # training boxes smaller than this (px^2, after the resize) are dropped
+    keep_small_boxes: bool = False  # keep boxes under 1 px wide or high (after the resize), as torchvision does
     pad_with_mean: bool = False  # pad with the ImageNet mean colour, i.e. zeros after normalisation (torchvision)
 
 
@@ -70,7 +70,6 @@ class DataConfig:
 class ShapesConfig:
     """The generated shapes set that ``data``'s paths point at (a config without this section never
     generates anything): made into the annotation files' folder when missing or made otherwise."""
-
     train: int = 4608
     val: int = 128
     image_size: int = 128
@@ -121,6 +120,8 @@ class ModelConfig:
 class AssignConfig:
     regress_ranges: tuple[tuple[float, float], ...] = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8))
     center_radius: Optional[float] = 1.5  # None turns center sampling off
+    range_bounds: str = "closed"  # closed: lo <= max(l, t, r, b) <= hi; open: lo < max < hi (torchvision's FCOS)
+    area_order: str = "exact"  # exact: smallest area wins; float32_1e8: torchvision's max of float32(1e8 - area)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     box_weight: float = 1.0
     centerness_weighted_box: bool = True  # weight box loss by center-ness targets (when center-ness is on)
+    num_pos_per_process: bool = False  # True: each process divides by its own positives (torchvision under DDP)
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,6 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """What every evaluation computes and records in ``history.json``."""
-
     metrics: str = "coco"  # coco | voc | both: COCO's 12 numbers and per-class AP; VOC AP (fcoslab.voc_metrics)
     best_metric: str = "AP"  # the history key (higher is better) that picks best.pt, e.g. AP50 or voc_mAP50
     backend: str = "pycocotools"  # pycocotools | faster: faster-coco-eval, the same COCO numbers (1e-4) sooner
@@ -259,8 +260,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
             sub = OPTIONAL_SECTIONS[section]()
         hints = typing.get_type_hints(type(sub))
         if key not in hints:
-            raise FcoslabError(f"unknown config key '{dotted}'; valid keys in '{section}': "
-                               + ", ".join(hints))
+            raise FcoslabError(f"unknown config key '{dotted}'; valid keys in '{section}': " + ", ".join(hints))
         sections[section] = dataclasses.replace(sub, **{key: coerce(value, hints[key], dotted)})
     return Config(**sections)
 
@@ -349,7 +349,8 @@ CHOICES = {  # keys whose value is one of a few words
     "model.backbone": ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101"), "model.p6_from": ("p5", "c5"),
     "model.head_norm": ("gn", "none"), "model.regression": ("exp", "relu_stride"),
     "model.point_spacing": ("stride", "input_ratio"), "data.resize": ("antialias", "interpolate"),
-    "data.check_images": ("off", "header", "deep"),
+    "data.check_images": ("off", "header", "deep"), "assign.range_bounds": ("closed", "open"),
+    "assign.area_order": ("exact", "float32_1e8"),
     "loss.box": ("iou", "giou"), "train.amp": ("auto", "fp16", "bf16", "off"), "train.optimizer": ("sgd", "adamw"),
     "train.lr_schedule": ("step", "cosine"), "train.freeze": ("none", "backbone", "backbone_fpn"),
     "eval.metrics": ("coco", "voc", "both"), "eval.backend": ("pycocotools", "faster")}
@@ -374,8 +375,7 @@ def validate(cfg: Config) -> None:
         raise FcoslabError(f"config key 'model.fpn_channels' must be an even number of at least 2, got {m.fpn_channels}")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
                        ("data.max_size", cfg.data.max_size), ("train.eval_every", cfg.train.eval_every),
-                       ("train.eval_batch_size", cfg.train.eval_batch_size),
-                       ("train.log_every", cfg.train.log_every)):
+                       ("train.eval_batch_size", cfg.train.eval_batch_size), ("train.log_every", cfg.train.log_every)):
         if value < 1:
             raise FcoslabError(f"config key '{key}' must be at least 1, got {value}")
     if m.backbone_width != 64:

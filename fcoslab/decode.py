@@ -9,12 +9,25 @@ from . import ops
 from .config import DecodeConfig
 
 
+def image_scores(logits: Tensor, centerness: Tensor | None) -> Tensor:
+    """Scores float32 (P, K) of one image from its class logits (P, K) and center-ness logits (P,) or None.
+
+    One image at a time: a CPU elementwise kernel runs over a tensor as one stretch of memory, vectorised
+    but for a scalar tail, and its vectorised and scalar sigmoids differ in the last bit, so scores of a
+    whole batch would depend on the image's place in it and on the batch's size.
+    """
+    scores = torch.sigmoid(logits.float())  # (P, K)
+    if centerness is not None:
+        scores = torch.sqrt(scores * torch.sigmoid(centerness.float())[:, None])
+    return scores
+
+
 @torch.no_grad()
 def decode(outputs: dict, image_sizes: Tensor, orig_sizes: Tensor, cfg: DecodeConfig) -> list[dict[str, Tensor]]:
     """Detections of each image of a batch.
 
-    Per level: scores (sigmoid of the class logits, times the center-ness probability under a square
-    root when the model has center-ness), the ``pre_nms_topk`` best (point, class) pairs, those above
+    Per level: scores (:func:`image_scores`: sigmoid of the class logits, times the center-ness probability
+    under a square root when the model has center-ness), the ``pre_nms_topk`` best (point, class) pairs, those above
     ``score_thresh``. Then boxes are clipped to the image, one NMS runs over the whole batch (groups =
     image x class, or image alone with ``class_agnostic_nms``, so that a box also suppresses lower-scored
     boxes of other classes on the same object), the ``max_detections`` best are kept and mapped to original pixels.
@@ -30,9 +43,7 @@ def decode(outputs: dict, image_sizes: Tensor, orig_sizes: Tensor, cfg: DecodeCo
     logits, ltrb, ctr = outputs["cls_logits"], outputs["bbox_ltrb"].float(), outputs["centerness"]
     points = outputs["points"]
     B, P, K = logits.shape
-    scores = torch.sigmoid(logits.float())  # (B, P, K)
-    if ctr is not None:
-        scores = torch.sqrt(scores * torch.sigmoid(ctr.float())[..., None])
+    scores = torch.stack([image_scores(logits[b], None if ctr is None else ctr[b]) for b in range(B)])  # (B, P, K)
     cand_scores, cand_boxes, cand_labels = [], [], []
     start = 0
     for h, w in outputs["level_sizes"]:

@@ -1,9 +1,13 @@
 """Why AP is low: a class confusion matrix and the TIDE error breakdown (Bolya et al., ECCV 2020, "TIDE: A
 General Toolbox for Identifying Object Detection Errors"), from a COCO ground-truth dict and a COCO results
-list, on top of the VOC matching and AP of :mod:`fcoslab.voc_metrics`. numpy only.
+list. numpy only.
 
-Difficult ground truth (``iscrowd`` or ``difficult``) plays the part of TIDE's ignore regions: detections
-that match one are ignored, and it is never a target of an error nor counted as missed.
+The breakdown stands on COCOeval's matching and 101-point AP at one IoU (:mod:`fcoslab.coco_ap`), so its
+base AP50 is COCO's AP50, and it follows the TIDE authors' package (``tidecv`` 1.0.1) in its error types,
+thresholds and oracles: the counts are tidecv's and every dAP is within 0.01 AP points of tidecv's
+(tests/test_error_analysis.py, with tidecv as the oracle) wherever tidecv computes COCO's AP. Where it
+does not (its detection cap, crowd boxes, classes without ground truth, its recall grid, tied scores),
+fcoslab keeps COCOeval's rule: docs/error_analysis.md. The confusion matrix keeps the VOC devkit's matching (:mod:`fcoslab.voc_metrics`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .voc_metrics import (FP, IGNORED, TP, Detections, GroundTruth, class_average_precisions, group_rows,
-                          iou_matrix, json_float, match_detections, mean_ignoring_nan, read_coco, score_order)
+from .coco_ap import MAX_DETS, coco_class_aps, coco_iou, coco_match, coco_positives
+from .voc_metrics import (FP, IGNORED, TP, Detections, GroundTruth, group_rows, iou_matrix, json_float,
+                          mean_ignoring_nan, read_coco, score_order)
 
 ERROR_TYPES = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Missed")
+SPECIAL_ERRORS = ("FalsePos", "FalseNeg")
 CLS, LOC, BOTH, DUPE, BKG = range(5)  # codes of the false-positive types in ERROR_TYPES
 
 
@@ -59,15 +65,16 @@ def confusion_matrix(gt: dict, results: list[dict], iou: float = 0.5, score: flo
     return matrix, list(truth.names) + ["background"]
 
 
-def classify_false_positives(truth: GroundTruth, dets: Detections, outcome: np.ndarray, iou_fg: float,
-                             iou_bg: float) -> tuple[np.ndarray, np.ndarray]:
-    """The TIDE type of each false positive of ``outcome`` (int8 (N,), from the matching at ``iou_fg``).
+def classify_false_positives(truth: GroundTruth, dets: Detections, outcome: np.ndarray, gt_index: np.ndarray,
+                             iou_fg: float, iou_bg: float) -> tuple[np.ndarray, np.ndarray]:
+    """The TIDE type of each false positive of ``outcome`` (int8 (N,), from :func:`fcoslab.coco_ap.coco_match`
+    at ``iou_fg``; ``gt_index`` (N,) its matched boxes). Ignored and dropped detections get no type.
 
-    With "same" the max IoU with the image's normal boxes of the detection's class and "other" the max
-    with its normal boxes of other classes, checked in TIDE's order: Loc if iou_bg <= same < iou_fg
-    (target: that box); else Cls if other >= iou_fg (target: that box); else Dupe if same >= iou_fg
-    (target: that box, already matched by a higher-scored detection); else Bkg if same and other are
-    < iou_bg; else Both (then same < iou_bg <= other < iou_fg).
+    Against the normal (not crowd) boxes of the detection's image, with "same" the max IoU with those of
+    its class, "other" the max with those of other classes, "used" the max with those of its class that a
+    TP matched, checked in tidecv's order: no box in the image -> Bkg; iou_bg <= same <= iou_fg -> Loc
+    (target: that box, matched or not); other >= iou_fg -> Cls (target: that box); used >= iou_fg -> Dupe
+    (target: that box); the max IoU with every box <= iou_bg -> Bkg; else Both.
 
     Returns:
         kind: int8 (N,) a code of :data:`CLS`, :data:`LOC`, :data:`BOTH`, :data:`DUPE`, :data:`BKG`,
@@ -76,7 +83,9 @@ def classify_false_positives(truth: GroundTruth, dets: Detections, outcome: np.n
     """
     kind = np.full(len(outcome), -1, np.int8)
     target = np.full(len(outcome), -1, np.int64)
-    normal = np.flatnonzero(~truth.difficult)
+    normal = np.flatnonzero(~truth.crowd)
+    used = np.zeros(len(truth.labels), bool)
+    used[gt_index[outcome == TP]] = True
     gt_groups = group_rows(truth.image_ids[normal])
     false_pos = np.flatnonzero(outcome == FP)
     for (image,), ranks in group_rows(dets.image_ids[false_pos]).items():
@@ -85,23 +94,25 @@ def classify_false_positives(truth: GroundTruth, dets: Detections, outcome: np.n
         if len(boxes) == 0:
             kind[rows] = BKG
             continue
-        overlaps = iou_matrix(dets.boxes[rows], truth.boxes[boxes])  # (n, m)
+        iou = coco_iou(dets.xywh[rows], truth.xywh[boxes], np.zeros(len(boxes), bool))  # (n, m)
         same_class = dets.labels[rows][:, None] == truth.labels[boxes][None, :]  # (n, m)
-        same, other = np.where(same_class, overlaps, -1.0), np.where(same_class, -1.0, overlaps)
-        j_same, j_other = same.argmax(axis=1), other.argmax(axis=1)  # (n,)
-        s, o = same.max(axis=1), other.max(axis=1)  # (n,)
-        loc = (s >= iou_bg) & (s < iou_fg)
+        same, other = np.where(same_class, iou, -1.0), np.where(same_class, -1.0, iou)  # (n, m)
+        on_used = np.where(same_class & used[boxes][None, :], iou, -1.0)  # (n, m)
+        s, o, u = same.max(axis=1), other.max(axis=1), on_used.max(axis=1)  # (n,)
+        loc = (s >= iou_bg) & (s <= iou_fg)
         cls = ~loc & (o >= iou_fg)
-        dupe = ~loc & ~cls & (s >= iou_fg)
-        bkg = ~loc & ~cls & ~dupe & (np.maximum(s, o) < iou_bg)
+        dupe = ~loc & ~cls & (u >= iou_fg)
+        bkg = ~loc & ~cls & ~dupe & (iou.max(axis=1) <= iou_bg)
         kind[rows] = np.select([loc, cls, dupe, bkg], [LOC, CLS, DUPE, BKG], BOTH)
-        target[rows] = np.where(loc | dupe, boxes[j_same], np.where(cls, boxes[j_other], -1))
+        pointed = np.select([loc, cls, dupe], [same.argmax(axis=1), other.argmax(axis=1), on_used.argmax(axis=1)], -1)
+        target[rows] = np.where(pointed >= 0, boxes[pointed], -1)
     return kind, target
 
 
 def _fixes(truth: GroundTruth, dets: Detections, outcome, gt_index, kind, target):
-    """TIDE's bookkeeping: which Cls/Loc error would become the TP of an unmatched box (the highest-scored
-    of those pointing at it: bool (N,)), and which normal boxes are missed (bool (M,))."""
+    """tidecv's bookkeeping (its BestGTMatch): of the Cls and Loc errors pointing at a box no TP matched,
+    the highest-scored (the first in input order on a tie) will become its TP (bool (N,)); the normal boxes
+    that no TP matched and no such error points at are Missed (bool (M,))."""
     matched = np.zeros(len(truth.labels), bool)
     matched[gt_index[outcome == TP]] = True
     fixer = np.zeros(len(outcome), bool)
@@ -109,14 +120,14 @@ def _fixes(truth: GroundTruth, dets: Detections, outcome, gt_index, kind, target
     for det in score_order(dets.scores):
         if kind[det] in (CLS, LOC) and not matched[target[det]] and not claimed[target[det]]:
             fixer[det] = claimed[target[det]] = True
-    return fixer, ~truth.difficult & ~matched & ~claimed
+    return fixer, ~truth.crowd & ~matched & ~claimed
 
 
 def _ap50_after_fixing(types: set[str], truth: GroundTruth, dets: Detections, outcome, kind, target, fixer,
                        missed) -> float:
-    """Mean all-point AP after TIDE's oracle for each of ``types``: Cls/Loc errors that are the fixer of
-    their box become its TP (in the box's class, on the box), the other Cls/Loc errors and all Both, Dupe
-    and Bkg errors are suppressed, and Missed boxes leave the positives."""
+    """Mean COCO AP50 after tidecv's oracle for each of ``types``: Cls/Loc errors that are the fixer of
+    their box become its TP (in the box's class), the other Cls/Loc errors and all Both, Dupe and Bkg
+    errors are suppressed, and Missed boxes leave the positives."""
     outcome, labels = outcome.copy(), dets.labels.copy()
     for name in types - {"Missed"}:
         rows = kind == ERROR_TYPES.index(name)
@@ -124,45 +135,73 @@ def _ap50_after_fixing(types: set[str], truth: GroundTruth, dets: Detections, ou
         if name in ("Cls", "Loc"):
             outcome[rows & fixer] = TP
             labels[rows & fixer] = truth.labels[target[rows & fixer]]
-    num_pos = truth.num_positives()
+    num_pos = coco_positives(truth)
     if "Missed" in types:
         for cat in truth.labels[missed].tolist():
             num_pos[cat] -= 1
-    return mean_ignoring_nan(class_average_precisions(labels, dets.scores, outcome, num_pos).values())
+    return _mean_ap50(truth, dets, labels, outcome, num_pos)
+
+
+def _mean_ap50(truth: GroundTruth, dets: Detections, labels: np.ndarray, outcome: np.ndarray,
+               num_pos: dict[int, int]) -> float:
+    """The mean COCO AP over the classes with normal boxes in ``truth`` (COCO's classes, fixed for every
+    oracle), with ``labels`` and ``outcome`` (N,) and ``num_pos`` after a fix. A class that the fix left
+    without positives scores 0 while it keeps a TP or FP, and leaves the mean when it keeps none (tidecv's
+    rule, whose AP of a class without positives is 0 unless it has no detection either)."""
+    aps = coco_class_aps(dets, labels, outcome, num_pos)
+    scored = labels[(outcome == TP) | (outcome == FP)]
+    values = [aps[cat] if num_pos[cat] > 0 else (0.0 if np.any(scored == cat) else float("nan"))
+              for cat, n in coco_positives(truth).items() if n > 0]
+    return mean_ignoring_nan(values)
+
+
+def _special_errors(truth: GroundTruth, dets: Detections, outcome, gt_index, base: float) -> dict:
+    """tidecv's two summaries: FalsePos = AP50 with every false positive gone (tidecv scores them 0 and the
+    TPs 1: the same AP) minus the base; FalseNeg = AP50 with the positives cut to the TPs (every box no TP
+    matched leaves them) minus the base."""
+    no_fp = np.where(outcome == FP, IGNORED, outcome).astype(np.int8)
+    false_pos = _mean_ap50(truth, dets, dets.labels, no_fp, coco_positives(truth))
+    found = {cat: 0 for cat in truth.cat_ids}
+    for cat in truth.labels[gt_index[outcome == TP]].tolist():
+        found[cat] += 1
+    false_neg = _mean_ap50(truth, dets, dets.labels, outcome, found)
+    return {"FalsePos": json_float(false_pos - base), "FalseNeg": json_float(false_neg - base)}
 
 
 def error_breakdown(gt: dict, results: list[dict], iou_fg: float = 0.5, iou_bg: float = 0.1,
-                    image_ids: Optional[Iterable[int]] = None) -> dict:
-    """TIDE's six error types and what fixing each alone would add to AP50.
+                    image_ids: Optional[Iterable[int]] = None, max_dets: int = MAX_DETS) -> dict:
+    """TIDE's six error types, what fixing each alone would add to AP50, and its two summaries.
 
-    Base: the VOC matching at ``iou_fg`` (:func:`fcoslab.voc_metrics.match_detections`), AP50 = mean
-    all-point AP over the classes with ground truth. Each false positive gets one type
-    (:func:`classify_false_positives`; TIDE's definitions: Cls = IoU >= iou_fg with a box of another
-    class, Loc = iou_bg <= IoU < iou_fg with a box of its class, Both = iou_bg <= IoU < iou_fg with a box of
-    another class only, Dupe = IoU >= iou_fg with a box of its class already matched by a higher-scored
-    detection, Bkg = IoU < iou_bg with every box). Missed = normal boxes neither matched nor pointed at by
-    a Cls or Loc error whose box is unmatched (TIDE's "usable" boxes; Both, Dupe and Bkg point at none).
+    Base: COCOeval's matching at ``iou_fg`` with its ``max_dets`` per image and category
+    (:func:`fcoslab.coco_ap.coco_match`), AP50 = COCO's 101-point AP50 (the mean over the classes with
+    normal boxes). Each false positive gets one type (:func:`classify_false_positives`, tidecv's
+    definitions and order: Cls = IoU >= iou_fg with a box of another class, Loc = iou_bg <= IoU <= iou_fg
+    with a box of its class, Dupe = IoU >= iou_fg with a box of its class a TP matched, Bkg = IoU <= iou_bg
+    with every box, Both = the rest). Missed = normal boxes neither matched nor pointed at by a Cls or Loc
+    error (tidecv's "usable" boxes).
 
-    Oracles, as in TIDE's code, each applied alone to the base: of the Cls and Loc errors pointing at an
-    unmatched box, the highest-scored one (of either type) is its fixer; fixing Cls relabels a fixer
-    Cls error to its box's class as a TP, fixing Loc moves a fixer Loc error onto its box as a TP, and
-    every other error of the fixed type is suppressed (dropped); Both, Dupe and Bkg: suppressed; Missed:
-    the missed boxes leave the positives (a class left without any leaves the mean). dAP = AP50 after
-    the fix minus the base; it is never negative here, so TIDE's clamp at 0 is not needed.
+    Oracles, as tidecv's, each applied alone to the base: of the Cls and Loc errors pointing at a box no
+    TP matched, the highest-scored one (of either type) is its fixer; fixing Cls relabels a fixer Cls error
+    to its box's class as a TP, fixing Loc makes a fixer Loc error a TP of its box, and every other error
+    of the fixed type is suppressed; Both, Dupe and Bkg: suppressed; Missed: the missed boxes leave the
+    positives. The mean stays over the base's classes; one that a fix leaves without positives scores 0
+    while it keeps detections and leaves the mean when it keeps none (:func:`_mean_ap50`, tidecv's rule).
+    dAP = AP50 after the fix minus the base; it is never negative here, so tidecv's clamp at 0 is not
+    needed. Special: ``FalsePos``
+    (perfect precision at the same recall), ``FalseNeg`` (perfect recall at the same precision).
 
-    Simplified against TIDE: VOC devkit matching (a detection whose max-IoU box of its class is already
-    matched is a duplicate even when another unmatched box overlaps it >= iou_fg; TIDE/COCO take the best
-    unmatched box), all-point AP at one IoU instead of COCO's 101-point AP, no limit of 100 detections per
-    image, half-open thresholds (TIDE's Loc test is ``<= iou_fg``, its Bkg test ``<= iou_bg``), difficult
-    boxes are not error targets, and no "FalsePos"/"FalseNeg" special errors.
+    Where this knowingly differs from tidecv (ignored detections, the 100-detection cap, classes without
+    ground truth, COCO's recall thresholds, score ties): docs/error_analysis.md.
 
     Returns a JSON-able dict: ``AP50`` (base; None without ground truth), ``AP50_all_fixed`` (all six
     fixes at once: 1.0 whenever some class keeps ground truth), ``counts`` and ``dAP`` (dicts keyed by
-    :data:`ERROR_TYPES`; counts are detections, or boxes for Missed), ``iou_fg``, ``iou_bg``.
+    :data:`ERROR_TYPES`; counts are detections, or boxes for Missed), ``special`` (keyed by
+    :data:`SPECIAL_ERRORS`), ``iou_fg``, ``iou_bg``, ``max_dets``. AP values are fractions (tidecv prints
+    points: 100 times these).
     """
     truth, dets = read_coco(gt, results, image_ids)
-    outcome, gt_index = match_detections(truth, dets, iou_fg)
-    kind, target = classify_false_positives(truth, dets, outcome, iou_fg, iou_bg)
+    outcome, gt_index = coco_match(truth, dets, iou_fg, max_dets)
+    kind, target = classify_false_positives(truth, dets, outcome, gt_index, iou_fg, iou_bg)
     fixer, missed = _fixes(truth, dets, outcome, gt_index, kind, target)
 
     def ap50(types: set[str]) -> float:
@@ -173,4 +212,5 @@ def error_breakdown(gt: dict, results: list[dict], iou_fg: float = 0.5, iou_bg: 
     counts["Missed"] = int(missed.sum())
     return {"AP50": json_float(base), "AP50_all_fixed": json_float(ap50(set(ERROR_TYPES))), "counts": counts,
             "dAP": {name: json_float(ap50({name}) - base) for name in ERROR_TYPES},
-            "iou_fg": float(iou_fg), "iou_bg": float(iou_bg)}
+            "special": _special_errors(truth, dets, outcome, gt_index, base),
+            "iou_fg": float(iou_fg), "iou_bg": float(iou_bg), "max_dets": int(max_dets)}

@@ -113,14 +113,30 @@ def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] 
 
 
 def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
-    """Batches of ``train.eval_batch_size`` images in dataset order; process ``rank`` takes batches
-    rank, rank + world, ... Every image is padded with the same neighbours whatever the number of
-    processes, so evaluation gives the same numbers in one process or many, during training or after."""
-    from .datasets import make_loader
+    """Batches of at most ``train.eval_batch_size`` images of one padded size, planned from the images'
+    sizes (:func:`fcoslab.datasets.size_grouped_batches`), ordered by their first image; process ``rank``
+    takes batches rank, rank + world, ... Each item the loader yields is a list of collated batches (one,
+    unless a file's size differed from its json: :func:`fcoslab.datasets.collate_by_padded_size`).
 
-    size = cfg.train.eval_batch_size
-    batches = [[(i, 0) for i in range(s, min(s + size, len(dataset)))] for s in range(0, len(dataset), size)]
-    return make_loader(dataset, batches[rank::world], cfg)
+    Every image is padded to its own multiple of the size divisibility, as it would be alone, so its
+    detections depend neither on ``train.eval_batch_size`` nor on the number of processes (nor on the
+    dataset's order); a set of one padded size gets the consecutive batches of before.
+    """
+    from .datasets import collate_by_padded_size_fn, make_loader, planned_padded_shapes, size_grouped_batches
+
+    batches = size_grouped_batches(planned_padded_shapes(dataset, cfg), cfg.train.eval_batch_size)
+    batches = [[(i, 0) for i in batch] for batch in batches]
+    return make_loader(dataset, batches[rank::world], cfg, collate=collate_by_padded_size_fn(cfg))
+
+
+def predict_dataset(model, dataset, cfg: Config, device: torch.device, precision: Precision, rank: int = 0,
+                    world: int = 1) -> list[tuple[int, dict]]:
+    """``(image_id, detections)`` of this process's share of ``dataset`` (:func:`evaluation_loader`), in
+    dataset order; the shares of ``world`` processes together are every image once."""
+    loader = evaluation_loader(dataset, cfg, rank, world)
+    detections = predict_batches(model, (batch for batches in loader for batch in batches), cfg, device, precision)
+    position = {info["id"]: k for k, info in enumerate(dataset.images)}
+    return sorted(detections, key=lambda item: position[item[0]])
 
 
 @dataclass
@@ -183,23 +199,32 @@ def score_results(gt: dict, results: list[dict], class_names: list[str], metrics
     return Evaluation(stats, results, evaluator, class_names, gt, voc)
 
 
+def merge_shards(parts: list[list[dict]], dataset) -> list[dict]:
+    """The COCO results of every process (each in dataset order) as one list in dataset order, each
+    image's results in their own order: what one process would have produced."""
+    position = {info["id"]: k for k, info in enumerate(dataset.images)}
+    return sorted((r for part in parts for r in part), key=lambda r: position[r["image_id"]])
+
+
 def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision: Precision, rank: int = 0,
                    world: int = 1, cat_ids: Optional[list[int]] = None) -> Optional[Evaluation]:
     """Detect on every image of ``dataset`` with ``model`` (in eval mode) and score with ``cfg.eval.metrics``.
 
     ``cat_ids`` maps the model's labels to category ids (default: the dataset's own). Under torchrun each
-    process detects on its share of the batches and rank 0 scores the gathered results; other ranks
-    return None.
+    process detects on its share of the batches and rank 0 scores the gathered results, put back in
+    dataset order (:func:`merge_shards`); other ranks return None. The results are those of one process
+    and of any ``train.eval_batch_size``, bit for bit on a CPU with the same number of threads per
+    process (:class:`fcoslab.inference.BatchInvariantConv2d` says why the thread count matters).
     """
     from . import distributed as dist
 
-    detections = predict_batches(model, evaluation_loader(dataset, cfg, rank, world), cfg, device, precision)
+    detections = predict_dataset(model, dataset, cfg, device, precision, rank, world)
     results = to_coco_results(detections, cat_ids or dataset.index.cat_ids)
     if world > 1:
         parts = dist.gather_objects(results)
         if rank != 0:
             return None
-        results = [r for part in parts for r in part]
+        results = merge_shards(parts, dataset)
     return score_results(dataset.data, results, list(dataset.index.names), cfg.eval.metrics, cfg.eval.backend)
 
 

@@ -7,6 +7,7 @@ so that a checkpoint gives the same detections wherever it is used: same precisi
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from .runfolder import load_checkpoint
 from .config import config_from_dict
 from .datasets import build_transforms
 from .datasets.coco import make_sample, to_rgb
+from .datasets.batching import padded_shape, size_grouped_batches
 from .datasets.transforms import collate_fn
 from .decode import decode
 from .errors import FcoslabError
@@ -138,8 +141,12 @@ def inference_layout(model: torch.nn.Module, device: torch.device) -> bool:
     On a CPU that is channels-last: oneDNN's convolutions then skip their layout conversions, which made
     inference 11% faster for R-50-FPN at 512 px and 22% for the shapes model (AVX2, float32). Training
     keeps the default layout, which trained faster; :func:`training_layout` restores it. The trainer's
-    evaluations use this layout too, so that they equal ``fcoslab evaluate`` to the last digit.
+    evaluations use this layout too, so that they equal ``fcoslab evaluate`` to the last digit. On a CPU
+    the convolutions and GroupNorms also become batch-invariant (:func:`batch_invariant_layers`;
+    returns whether the memory layout changed).
     """
+    if device.type == "cpu":
+        batch_invariant_layers(model)  # in training mode they are plain layers
     if not channels_last_inference(device) or getattr(model.cfg, "channels_last", False):
         return False
     model.to(memory_format=torch.channels_last)
@@ -148,7 +155,91 @@ def inference_layout(model: torch.nn.Module, device: torch.device) -> bool:
 
 def training_layout(model: torch.nn.Module) -> None:
     """Undo :func:`inference_layout` (the values of the weights are unchanged)."""
+    batch_invariant_layers(model, on=False)
     model.to(memory_format=torch.contiguous_format)
+
+
+_NATIVE_MAX_NUMEL = 20480  # PyTorch's own kernel takes a single float32 image of at most this many elements
+_NATIVE_1X1_BELOW = 16  # on one thread PyTorch runs 1x1 convolutions of fewer images natively, of more in oneDNN
+
+
+class BatchInvariantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose result for an image does not depend on how many images share its batch
+    (inference on a CPU in float32; elsewhere, and in training, it is ``nn.Conv2d``).
+
+    PyTorch sends a float32 CPU convolution to oneDNN or to its own kernel by the batch size (``use_mkldnn``
+    in aten/src/ATen/native/Convolution.cpp): a single image's small layers (C*H*W <= 20480: the coarsest
+    levels, such as P7 of R-50-FPN at 800 px, or most of the shapes model's head) go to its own kernel,
+    and on one thread so do 1x1 convolutions of fewer than 16 images. The two round differently (up to
+    2e-4 on R-50's logits). oneDNN's results for 2 to 15 images equal each other bit for bit (torch 2.14,
+    AVX-512), so such a layer of a lone image runs on two copies of its input, and on one thread a 1x1
+    convolution of 16 or more images runs in near-equal slices of at most 15. Only those small layers
+    run twice. bfloat16 and float16 (autocast) convolutions go to one kernel whatever the batch. The
+    thread count itself still matters (1x1 convolutions): processes compare bit for bit at equal
+    ``torch.get_num_threads()``. cuDNN may choose its algorithm by batch size: on CUDA, detections agree
+    across batch sizes to float rounding.
+    """
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        plain = super()._conv_forward
+        if (self.training or input.device.type != "cpu" or input.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            return plain(input, weight, bias)
+        n = input.shape[0]
+        one_by_one = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.dilation == (1, 1)
+        if one_by_one and torch.get_num_threads() == 1:  # PyTorch's own kernel below 16 images: keep it there
+            if n < _NATIVE_1X1_BELOW:
+                return plain(input, weight, bias)
+            k = math.ceil(n / (_NATIVE_1X1_BELOW - 1))
+            return torch.cat([plain(piece, weight, bias) for piece in input.tensor_split(k)])
+        native = self.groups == 1 and not (self.kernel_size[0] > 3 and self.kernel_size[1] > 3)
+        if n == 1 and native and input.numel() <= _NATIVE_MAX_NUMEL:  # oneDNN, as for 2 images or more
+            return plain(torch.cat([input, input]), weight, bias)[:1]  # cat keeps the memory format
+        return plain(input, weight, bias)
+
+
+_PER_THREAD_GN_FROM = 1024  # channels-last GroupNorm sums a map of this many pixels or more in per-thread parts
+
+
+class BatchInvariantGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` whose result for an image does not depend on how many images share its batch
+    (inference on a CPU; elsewhere, and in training, it is ``nn.GroupNorm``).
+
+    On a channels-last input of H*W >= 1024 pixels (P3 of an image of 256 x 256 or more), PyTorch's CPU
+    kernel splits the N * H * W pixels of the whole batch among threads and adds each thread's partial
+    sums, so an image's mean and variance depend on its batch. Run one image at a time there, an image's
+    split depends only on its own size (and the thread count).
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        plain = super().forward
+        if (self.training or input.device.type != "cpu" or input.dim() != 4 or input.shape[0] == 1
+                or input[0, 0].numel() < _PER_THREAD_GN_FROM or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or not input.is_contiguous(memory_format=torch.channels_last)):
+            return plain(input)
+        return torch.cat([plain(image) for image in input.split(1)])  # cat keeps the memory format
+
+
+_INVARIANT: dict[type, type] = {nn.Conv2d: BatchInvariantConv2d, nn.GroupNorm: BatchInvariantGroupNorm}
+
+
+def batch_invariant_layers(model: torch.nn.Module, on: bool = True) -> None:
+    """Make every convolution and GroupNorm of ``model`` batch-invariant (:class:`BatchInvariantConv2d`,
+    :class:`BatchInvariantGroupNorm`; a subclass, such as the folded convolutions of
+    :func:`fcoslab.model.fold_frozen_bn`, becomes a class of both), or (``on=False``) plain again, in
+    place: the parameters, the state dict and what ``forward`` computes stay; only how the work is cut
+    up changes."""
+    plain = {v: k for k, v in _INVARIANT.items()}
+    for module in model.modules():
+        cls = type(module)
+        if not on:
+            module.__class__ = plain.get(cls, cls)
+            continue
+        base = next((b for b in (nn.Conv2d, nn.GroupNorm) if isinstance(module, b)), None)
+        if base is not None and cls not in plain:
+            if cls not in _INVARIANT:
+                _INVARIANT[cls] = type(f"BatchInvariant{cls.__name__}", (_INVARIANT[base], cls), {})
+            module.__class__ = _INVARIANT[cls]
 
 
 @torch.inference_mode()
@@ -156,6 +247,9 @@ def predict_batches(model, batches, cfg, device: torch.device, precision: Precis
     """Run ``model`` (which the caller has put in eval mode and :func:`inference_layout`) over collated batches.
 
     Yields ``(image_id, detections)`` on the CPU, detections as :func:`fcoslab.decode.decode` returns them.
+    An image's detections depend only on its own padded pixels (:func:`batch_invariant_layers`, and
+    :func:`fcoslab.decode.image_scores`): batches of images of one padded size
+    (:mod:`fcoslab.datasets.batching`) give each image the detections it has alone.
     """
     channels_last = channels_last_inference(device)
     for batch in batches:
@@ -209,11 +303,19 @@ class Predictor:
         return self.transforms(*make_sample(to_rgb(image), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 0))
 
     def __call__(self, images: Sequence[Image.Image], batch_size: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
-        """Detections for PIL images: one dict per image with ``boxes`` float (N, 4) xyxy pixels of the
-        image as given, ``scores`` (N,), ``labels`` int64 (N,). ``batch_size`` defaults to the run's
-        ``train.eval_batch_size``."""
+        """Detections for PIL images, in their order: one dict per image with ``boxes`` float (N, 4) xyxy
+        pixels of the image as given, ``scores`` (N,), ``labels`` int64 (N,). Images of one padded size
+        are batched together, at most ``batch_size`` (default: the run's ``train.eval_batch_size``) at a
+        time, so an image's detections do not depend on the others given with it
+        (:mod:`fcoslab.datasets.batching`)."""
         size = batch_size or self.cfg.train.eval_batch_size
+        samples = [self._prepare(im) for im in images]
+        d = self.cfg.model.size_divisibility
+        batches = size_grouped_batches([padded_shape(*image.shape[-2:], d) for image, _ in samples], size)
         collate = collate_fn(self.cfg)
-        batches = (collate([self._prepare(im) for im in images[start:start + size]])
-                   for start in range(0, len(images), size))
-        return [det for _, det in predict_batches(self.model, batches, self.cfg, self.device, self.precision)]
+        dets = predict_batches(self.model, (collate([samples[i] for i in b]) for b in batches), self.cfg,
+                               self.device, self.precision)
+        out: list = [None] * len(samples)
+        for i, (_, det) in zip((i for b in batches for i in b), dets):
+            out[i] = det
+        return out

@@ -22,17 +22,19 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
         outputs: the model's output dict (``cls_logits`` (B, P, K), ``bbox_ltrb`` (B, P, 4),
             ``centerness`` (B, P) or None).
         targets: :func:`fcoslab.targets.fcos_targets` of the same batch.
-        all_reduce: sums a tensor over processes under distributed training, so that every rank
-            normalises by the global count of positives (None: single process).
+        all_reduce: averages a tensor over processes under distributed training, so that every rank
+            normalises by the same count of positives (None: single process; unused with
+            ``cfg.num_pos_per_process``, where each rank divides by its own count as torchvision's FCOS does).
     Returns:
         (terms, stats): ``terms`` has ``loss`` (the total to backpropagate) and the detached ``cls``,
-        ``box`` and ``centerness`` scalars; ``stats`` has ``num_pos`` (float, the mean over processes).
+        ``box`` and ``centerness`` scalars; ``stats`` has ``num_pos`` (float, the normaliser: the mean
+        over processes, or this process's count).
     """
     logits, ltrb_pred, ctr_pred = outputs["cls_logits"], outputs["bbox_ltrb"], outputs["centerness"]
     labels, ltrb_t, ctr_t = targets["labels"], targets["ltrb"], targets["centerness"]
     K = logits.shape[-1]
     positive = labels >= 0  # (B, P)
-    reduce = all_reduce or (lambda t: t)
+    reduce = all_reduce if all_reduce is not None and not cfg.num_pos_per_process else (lambda t: t)
     num_pos = reduce(positive.sum().float()).clamp(min=1.0)
 
     cls = ops.sigmoid_focal_loss(logits.reshape(-1, K).float(), labels.reshape(-1), cfg.focal_alpha,

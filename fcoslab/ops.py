@@ -209,15 +209,25 @@ def sigmoid_focal_loss(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamm
     return reference.sigmoid_focal_loss(logits, labels, alpha, gamma, reduction)
 
 
+RANGE_BOUNDS, AREA_ORDERS = ("closed", "open"), ("exact", "float32_1e8")  # fcos_assign's rules (see its docstring)
+
+
 def fcos_assign(points: Tensor, strides: Tensor, regress_ranges: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
-                center_radius: Optional[float], backend: str = "auto") -> Tensor:
+                center_radius: Optional[float], backend: str = "auto", *, range_bounds: str = "closed",
+                area_order: str = "exact") -> Tensor:
     """Assign each point to at most one ground-truth box, by the FCOS rules.
 
     A point p matches box g when all hold: g is not padding (label >= 0) and has positive width and
     height; min(l, t, r, b) > 0 with l = px - x1, t = py - y1, r = x2 - px, b = y2 - py;
-    lo <= max(l, t, r, b) <= hi for the point's regress range; with center sampling,
-    |px - cx| < radius * stride and |py - cy| < radius * stride. Among matching boxes the smallest
-    area wins; equal areas go to the lowest index.
+    lo <= max(l, t, r, b) <= hi for the point's regress range (``range_bounds="open"``: lo < max < hi);
+    with center sampling, |px - cx| < radius * stride and |py - cy| < radius * stride. Among matching
+    boxes the smallest area wins; equal areas go to the lowest index. ``area_order="float32_1e8"`` ranks
+    them as torchvision's FCOS does instead: the largest float32 ``1e8 - area`` wins (lowest index among
+    equal values), so areas that round alike there tie (float32 steps of 8 px^2 below 3.3e7 px^2) and a
+    box of area 1e8 px^2 or more never matches.
+
+    The CuPy kernel implements the defaults (``closed``, ``exact``); any other rule runs the torch
+    reference under ``backend="auto"``, and is an error under ``backend="cupy"``.
 
     Args:
         points (Tensor[P, 2]): float xy pixels.
@@ -226,15 +236,26 @@ def fcos_assign(points: Tensor, strides: Tensor, regress_ranges: Tensor, gt_boxe
         gt_boxes (Tensor[B, M, 4]): float xyxy pixels.
         gt_labels (Tensor[B, M]): int64, -1 marks padding.
         center_radius: float, or None for no center sampling.
+        range_bounds: "closed" or "open", as above.
+        area_order: "exact" or "float32_1e8", as above.
     Returns:
         int64 Tensor[B, P]: index of the assigned box in ``gt_boxes[b]``, or -1.
     """
+    if range_bounds not in RANGE_BOUNDS or area_order not in AREA_ORDERS:
+        raise ValueError(f"fcos_assign: range_bounds must be one of {RANGE_BOUNDS} and area_order one of "
+                         f"{AREA_ORDERS}, got {range_bounds!r}, {area_order!r}")
     tensors = (points, strides, regress_ranges, gt_boxes, gt_labels)
-    if _choose(backend, tensors, "fcos_assign") == "cupy":
+    chosen = _choose(backend, tensors, "fcos_assign")
+    if chosen == "cupy" and (range_bounds, area_order) != (RANGE_BOUNDS[0], AREA_ORDERS[0]):
+        if backend == "cupy":
+            raise ValueError(f"fcos_assign: the CuPy kernel implements range_bounds='closed' and area_order='exact' "
+                             f"only, got {range_bounds!r}, {area_order!r}; use backend='auto' or 'torch'")
+        chosen = "torch"
+    if chosen == "cupy":
         from .cuda import fcos_assign as cupy_assign
 
         return cupy_assign(*tensors, center_radius)
-    return reference.fcos_assign(*tensors, center_radius)
+    return reference.fcos_assign(*tensors, center_radius, range_bounds, area_order)
 
 
 __all__ = ["nms", "batched_nms", "sigmoid_focal_loss", "fcos_assign", "backends"]

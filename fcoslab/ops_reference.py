@@ -76,7 +76,7 @@ def sigmoid_focal_loss(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamm
 
 
 def fcos_assign(points: Tensor, strides: Tensor, regress_ranges: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
-                center_radius: Optional[float]) -> Tensor:
+                center_radius: Optional[float], range_bounds: str = "closed", area_order: str = "exact") -> Tensor:
     """Match every point to the smallest ground-truth box that may claim it, as (B, P, M) masks."""
     B, M = gt_labels.shape
     P = points.shape[0]
@@ -89,11 +89,18 @@ def fcos_assign(points: Tensor, strides: Tensor, regress_ranges: Tensor, gt_boxe
     match = valid.view(B, 1, M) & (ltrb.amin(dim=-1) > 0)  # (B, P, M)
     max_side = ltrb.amax(dim=-1)
     lo, hi = regress_ranges[:, 0].view(1, P, 1), regress_ranges[:, 1].view(1, P, 1)
-    match &= (max_side >= lo) & (max_side <= hi)
+    if range_bounds == "open":
+        match &= (max_side > lo) & (max_side < hi)
+    else:
+        match &= (max_side >= lo) & (max_side <= hi)
     if center_radius is not None:
         reach = (center_radius * strides).view(1, P, 1)
         match &= ((px - (x1 + x2) / 2).abs() < reach) & ((py - (y1 + y2) / 2).abs() < reach)
     area = ((x2 - x1) * (y2 - y1)).expand(B, P, M)
+    if area_order == "float32_1e8":  # the largest float32(1e8 - area); unmatched boxes score 0
+        score = torch.where(match, 1e8 - area.float(), torch.zeros_like(area, dtype=torch.float32))
+        best, largest = score.max(dim=-1)  # (B, P): first index among equal scores
+        return torch.where(best < 1e-5, torch.full_like(largest, -1), largest)
     area = torch.where(match, area, torch.full_like(area, float("inf")))
     smallest = area.argmin(dim=-1)  # (B, P): first index among equal areas
     return torch.where(match.any(dim=-1), smallest, torch.full_like(smallest, -1))

@@ -37,7 +37,8 @@ def fcos_targets(points: Tensor, strides: Tensor, level_sizes: list[tuple[int, i
         ``centerness`` float (B, P) center-ness target (0 for background).
     """
     ranges = point_regress_ranges(level_sizes, cfg.regress_ranges, points.device)
-    matched = ops.fcos_assign(points, strides, ranges, gt_boxes, gt_labels, cfg.center_radius)  # (B, P)
+    matched = ops.fcos_assign(points, strides, ranges, gt_boxes, gt_labels, cfg.center_radius,
+                              range_bounds=cfg.range_bounds, area_order=cfg.area_order)  # (B, P)
     positive = matched >= 0
     safe = matched.clamp(min=0)
     B, P = matched.shape

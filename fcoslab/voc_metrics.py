@@ -11,8 +11,10 @@ Rules, as in the VOC devkit (``VOCevaldet.m``), with continuous boxes (IoU witho
   -> TP, and the box is now matched; a box already matched -> FP (duplicate). Below the threshold -> FP.
   (COCOeval differs: it takes the best *unmatched* box, so a duplicate can still match a second object.)
 * **AP** per class: ``"all"`` = area under the precision envelope at every recall (VOC2010+),
-  ``"11pt"`` = mean of the envelope at recall 0, 0.1, ..., 1 (VOC2007). A class without (non-difficult)
-  ground truth has AP nan and is left out of every mean.
+  ``"11pt"`` = the devkit's VOC2007 rule, the sum over its 11 recall points t of max(precision at
+  recall >= t) / 11, with the points of the Python devkit ports (``np.arange(0, 1.1, 0.1)``,
+  :data:`VOC07_RECALLS`). A class without (non-difficult) ground truth has AP nan and is left out of every
+  mean.
 
 Arrays: M ground-truth boxes and N detections of the evaluated images, K categories sorted by id.
 """
@@ -28,6 +30,10 @@ from .errors import FcoslabError
 
 TP, FP, IGNORED = 1, 0, -1  # detection outcomes of match_detections
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2).tolist())  # 0.50:0.95, exact decimals
+# The 11 recall points of VOC2007's AP as the Python devkit ports take them (py-faster-rcnn's voc_eval.py,
+# ``for t in np.arange(0., 1.1, 0.1)``): 0.3, 0.6 and 0.7 are 0.30000000000000004, 0.6000000000000001 and
+# 0.7000000000000001, so a recall of exactly 3/10, 6/10 or 7/10 does not reach its point.
+VOC07_RECALLS = tuple(np.arange(0.0, 1.1, 0.1).tolist())
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class GroundTruth:
     difficult: np.ndarray  # bool (M,): iscrowd or difficult
     cat_ids: list[int]  # (K,)
     names: list[str]  # (K,)
+    xywh: np.ndarray  # float64 (M, 4) the boxes as the file writes them (COCOeval's IoU reads these)
+    crowd: np.ndarray  # bool (M,): iscrowd alone (COCOeval's ignore flag; it reads no 'difficult')
 
     def num_positives(self) -> dict[int, int]:
         """Category id -> number of non-difficult boxes (every category, zeros included)."""
@@ -55,11 +63,12 @@ class Detections:
     labels: np.ndarray  # int64 (N,) category ids
     image_ids: np.ndarray  # int64 (N,)
     scores: np.ndarray  # float64 (N,)
+    xywh: np.ndarray  # float64 (N, 4) the boxes as the results write them
 
 
 def xywh_to_xyxy(boxes) -> np.ndarray:
     """COCO ``[x, y, w, h]`` boxes (any (N, 4) sequence) -> float64 (N, 4) ``(x1, y1, x2, y2)``."""
-    out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    out = _xywh(boxes)
     out[:, 2:] += out[:, :2]
     return out
 
@@ -105,18 +114,24 @@ def read_coco(gt: dict, results: list[dict], image_ids: Optional[Iterable[int]] 
     cat_ids = [c["id"] for c in cats]
     cat_set = set(cat_ids)
     anns = [a for a in gt["annotations"] if a["image_id"] in selected]
+    crowd = np.array([bool(a.get("iscrowd")) for a in anns], bool)
     truth = GroundTruth(xywh_to_xyxy([a["bbox"] for a in anns]), np.array([a["category_id"] for a in anns], np.int64),
                         np.array([a["image_id"] for a in anns], np.int64),
-                        np.array([bool(a.get("iscrowd")) or bool(a.get("difficult")) for a in anns], bool),
-                        cat_ids, [c["name"] for c in cats])
+                        crowd | np.array([bool(a.get("difficult")) for a in anns], bool),
+                        cat_ids, [c["name"] for c in cats], _xywh([a["bbox"] for a in anns]), crowd)
     for i, r in enumerate(results):
         if r["image_id"] not in known:
             raise FcoslabError(f"results[{i}] has image_id {r['image_id']!r}, which is not in the ground truth's 'images'")
     kept = [r for r in results if r["image_id"] in selected and r["category_id"] in cat_set]
     dets = Detections(xywh_to_xyxy([r["bbox"] for r in kept]), np.array([r["category_id"] for r in kept], np.int64),
                       np.array([r["image_id"] for r in kept], np.int64),
-                      np.array([r["score"] for r in kept], np.float64))
+                      np.array([r["score"] for r in kept], np.float64), _xywh([r["bbox"] for r in kept]))
     return truth, dets
+
+
+def _xywh(boxes) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` boxes as float64 (N, 4), unchanged."""
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def match_detections(truth: GroundTruth, dets: Detections, iou_threshold: float = 0.5):
@@ -178,14 +193,20 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, rule: str = "al
     """AP of one class from recall and precision (float (n,), in score order; n = 0 gives 0).
 
     ``rule="all"``: sum over recall steps of the step width times the precision envelope (the max
-    precision at that recall or higher), VOC2010+. ``rule="11pt"``: the mean of the envelope at recall
-    k/10, k = 0..10 (0 above the highest recall), VOC2007. The devkit's ``arange(0, 1.1, 0.1)`` puts 0.3,
-    0.6 and 0.7 a hair above the decimal; here a recall of exactly 3/10 counts for the point 0.3.
+    precision at that recall or higher), VOC2010+. ``rule="11pt"``: VOC2007's rule as the devkit's Python
+    ports compute it (py-faster-rcnn's ``voc_eval.py``): ``ap += max(precision[recall >= t]) / 11`` (0 where
+    no recall reaches t) for t in ``np.arange(0., 1.1, 0.1)`` (:data:`VOC07_RECALLS`), whose 0.3, 0.6 and
+    0.7 lie a hair above the decimals, so a recall of exactly 0.3 does not count for the point 0.3.
+    The MATLAB devkit (``VOCevaldet.m``, ``for t=0:0.1:1``) shares 0.30000000000000004; MATLAB's colon
+    builds its upper half from the end point, so its 0.6 and 0.7 may be the plain decimals (not checked:
+    no MATLAB here). The 11 values are summed before dividing, so perfect detections give exactly 1.0
+    (the devkit's running sum of p / 11 gives 1.0000000000000002); otherwise the two agree within 1e-15
+    (tests/test_voc_metrics.py).
     """
     recall, precision = np.asarray(recall, np.float64), np.asarray(precision, np.float64)
     if rule == "11pt":
-        points = [precision[recall >= k / 10].max(initial=0.0) for k in range(11)]
-        return float(np.mean(points))
+        points = [precision[recall >= t].max(initial=0.0) for t in VOC07_RECALLS]
+        return float(np.sum(points) / 11.0)
     if rule != "all":
         raise FcoslabError(f"average_precision rule {rule!r} is unknown; use 'all' or '11pt'")
     r = np.concatenate([[0.0], recall, [1.0]])

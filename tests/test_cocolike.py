@@ -169,3 +169,23 @@ def test_make_cocolike_command(tmp_path, capsys):
     data = json.loads((tmp_path / "c" / "train.json").read_text())
     assert len(data["categories"]) == 10 and len(list((tmp_path / "c" / "val").glob("*.jpg"))) == 1
     assert main(["make-cocolike", str(tmp_path / "d"), "--classes", "90"]) == 2
+
+
+def test_cocolike_of_mixed_sizes(tmp_path):
+    from fcoslab.cli import main
+    from fcoslab.datasets.cocolike import MIXED_SIZES, parse_sizes
+
+    assert parse_sizes("mixed") == MIXED_SIZES and parse_sizes("160x120,120X160") == ((160, 120), (120, 160))
+    with pytest.raises(FcoslabError, match="WIDTHxHEIGHT"):
+        parse_sizes("100,80")
+    assert main(["make-cocolike", str(tmp_path / "m"), "--train", "8", "--val", "0", "--sizes", "160x120,120x160"]) == 0
+    data = json.loads((tmp_path / "m" / "train.json").read_text())
+    sizes = [(im["width"], im["height"]) for im in data["images"]]
+    assert set(sizes) == {(160, 120), (120, 160)} and "size=160x120,120x160" in data["info"]["generator"]
+    assert all(Image.open(tmp_path / "m" / "train" / im["file_name"]).size == (im["width"], im["height"])
+               for im in data["images"])
+    assert all(a["bbox"][0] + a["bbox"][2] <= sizes[a["image_id"] - 1][0] for a in data["annotations"])
+    fewer = make_cocolike(tmp_path / "f", train=3, val=0, sizes=((160, 120), (120, 160)))  # per-image draws
+    assert [(im["width"], im["height"]) for im in json.loads(fewer["train"].read_text())["images"]] == sizes[:3]
+    with pytest.raises(FcoslabError, match="image size 60x100 is too small"):
+        make_cocolike(tmp_path / "s", train=1, val=0, sizes=((160, 120), (60, 100)))

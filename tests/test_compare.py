@@ -79,11 +79,11 @@ def test_an_interrupted_ablation_continues_where_it_stopped(shapes_dir, tmp_path
 
 def test_ablation_runs_through_submitit_locally(shapes_dir, tmp_path):
     out = tmp_path / "abl"
-    args = ["ablate", "--vary", "model.centerness=true,false", "--seeds", "1", "--out", str(out), "--bootstrap", "50",
+    args = ["ablate", "--vary", "model.centerness=false", "--seeds", "1", "--out", str(out), "--bootstrap", "50",
             "--launcher", "submitit", "--cluster", "local", "--quiet",
             "--set", *set_args(shapes_dir, **{"model.backbone_width": 8})]
     assert main(args) == 0
     assert sorted(p.name for p in (out / "submitit").iterdir() if p.suffix == ".out")  # the jobs' own logs
     summary = json.loads((out / "summary.json").read_text())
-    assert [len(v["runs"]) for v in summary["variants"]] == [1, 1]
-    assert read_history(summary["variants"][1]["runs"][0])[-1]["epoch"] == 1
+    assert [len(v["runs"]) for v in summary["variants"]] == [1]  # one job, in a process of its own
+    assert read_history(summary["variants"][0]["runs"][0])[-1]["epoch"] == 1

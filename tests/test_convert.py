@@ -320,6 +320,50 @@ def test_list_reads_y_before_x(tmp_path):
     assert one.coco["annotations"][0]["bbox"] == [1.5, 0.5, 28.5, 9.5]
 
 
+# VOC's XML box xmin 48, ymin 240, xmax 195, ymax 371 (1-based inclusive) is continuous x1 47, y1 239,
+# x2 195, y2 371: COCO [47, 239, 148, 132]. Each line below is that box as one convention writes it
+# (ymin xmin ymax xmax): continuous (the reference's COCO list converter), 1-based as in VOC's XML,
+# 0-based (the reference's VOC list converter: every VOC value minus 1).
+@pytest.mark.parametrize("pixels,line", [("continuous", "239 47 371 195"), ("one-based", "240 48 371 195"),
+                                         ("zero-based", "239 47 370 194")])
+def test_list_pixel_conventions_map_a_voc_box(tmp_path, pixels, line):
+    Image.new("RGB", (500, 400)).save(tmp_path / "a.jpg")
+    (tmp_path / "names.txt").write_text("background\ncat\n")
+    (tmp_path / "l.txt").write_text(f"a.jpg {line} 1\n")
+    conv = list_to_coco(tmp_path / "l.txt", tmp_path, tmp_path / "names.txt", pixels=pixels)
+    assert conv.coco["annotations"][0]["bbox"] == [47.0, 239.0, 148.0, 132.0]
+    assert conv.coco["info"]["pixels"] == pixels
+    if pixels == "one-based":  # the older keyword is an alias
+        alias = list_to_coco(tmp_path / "l.txt", tmp_path, tmp_path / "names.txt", one_based=True)
+        assert alias.coco["annotations"] == conv.coco["annotations"]
+    else:  # the other conventions read the same numbers one pixel off
+        assert list_to_coco(tmp_path / "l.txt", tmp_path, tmp_path / "names.txt", one_based=True
+                            ).coco["annotations"][0]["bbox"] != [47.0, 239.0, 148.0, 132.0]
+
+
+def test_list_pixel_convention_errors(tmp_path):
+    (tmp_path / "names.txt").write_text("background\ncat\n")
+    (tmp_path / "l.txt").write_text("")
+    with pytest.raises(FcoslabError, match="pixels 'zero' is unknown; use one of continuous, one-based, zero-based"):
+        list_to_coco(tmp_path / "l.txt", tmp_path, tmp_path / "names.txt", pixels="zero")
+    with pytest.raises(FcoslabError, match="means pixels one-based, not zero-based"):
+        list_to_coco(tmp_path / "l.txt", tmp_path, tmp_path / "names.txt", one_based=True, pixels="zero-based")
+
+
+def test_convert_list_pixels_option(tmp_path, capsys):
+    Image.new("RGB", (500, 400)).save(tmp_path / "a.jpg")
+    (tmp_path / "names.txt").write_text("background\ncat\n")
+    (tmp_path / "l.txt").write_text("a.jpg 239 47 370 194 1\n")
+    base = ["convert", "--from", "list", "--list", str(tmp_path / "l.txt"), "--images", str(tmp_path),
+            "--names", str(tmp_path / "names.txt"), "--out", str(tmp_path / "o.json")]
+    assert main(base + ["--pixels", "zero-based"]) == 0
+    assert read_coco_json(tmp_path / "o.json")["annotations"][0]["bbox"] == [47.0, 239.0, 148.0, 132.0]
+    assert main(base + ["--one-based"]) == 0  # the alias of --pixels one-based
+    assert read_coco_json(tmp_path / "o.json")["annotations"][0]["bbox"] == [46.0, 238.0, 148.0, 132.0]
+    assert main(base + ["--one-based", "--pixels", "zero-based"]) == 2
+    assert "means pixels one-based, not zero-based" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("line,message", [
     ("c.jpg 1 2 3 4", "expected 5 numbers per box (ymin xmin ymax xmax label) after the file name, got 4"),
     ("c.jpg 1 2 x 4 1", "box 1 ymax 'x' is not a number"),
@@ -391,6 +435,7 @@ def test_convert_and_check_data_every_format(shapes_dir, shapes_train, voc_copy,
     (["check-data"], "check-data needs ANN IMAGES"),
     (["check-data", "a.json", "--format", "voc", "--root", "{tmp}"], "check-data --format voc takes no ANN IMAGES"),
     (["check-data", "a.json", "b", "--one-based"], "--format coco does not take --one-based (it is for list)"),
+    (["check-data", "a.json", "b", "--pixels", "zero-based"], "--format coco does not take --pixels (it is for list)"),
 ])
 def test_convert_errors_exit_2_and_write_nothing(tmp_path, args, message, capsys):
     (tmp_path / "images").mkdir()

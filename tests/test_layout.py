@@ -8,13 +8,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fcoslab"
 LAYERS = [
     ["errors", "files", "coerce", "config", "boxes", "distributed", "runfolder"],
     ["datasets.coco", "datasets.shapes", "datasets.cocolike", "datasets.transforms", "datasets.loader",
-     "datasets.convert", "datasets.voc", "datasets.yolo", "datasets.boxlist", "datasets"],
+     "datasets.convert", "datasets.voc", "datasets.yolo", "datasets.boxlist", "datasets.image_check", "datasets.batching",
+     "datasets"],
     ["points", "model", "finetune"],
     ["cuda", "ops_reference", "ops", "targets", "loss", "decode"],
-    ["inference", "draw", "voc_metrics", "error_analysis"],
-    ["evaluate"],
-    ["tensorboard_log", "train"],
-    ["tiling", "analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision", "export", "cli", "__main__", ""],
+    ["inference", "draw", "voc_metrics", "coco_ap", "error_analysis"],
+    ["evaluate", "bootstrap"],
+    ["tensorboard_log", "stopping", "optim", "training_setup", "train"],
+    ["tiling", "compare", "ablate", "cli_research", "cli_predict", "analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision",
+     "onnx_contract", "onnx_decode", "onnx_preprocess", "onnx_predictor", "onnx_check", "export", "cli", "__main__", ""],
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

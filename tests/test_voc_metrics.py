@@ -8,8 +8,8 @@ import pytest
 
 from fcoslab.errors import FcoslabError
 from fcoslab.evaluate import coco_evaluate
-from fcoslab.voc_metrics import (FP, IGNORED, TP, average_precision, class_tp_fp, iou_matrix, match_detections,
-                                 read_coco, voc_evaluate)
+from fcoslab.voc_metrics import (FP, IGNORED, TP, VOC07_RECALLS, average_precision, class_tp_fp, iou_matrix,
+                                 match_detections, precision_recall, read_coco, voc_evaluate)
 
 CATS = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 7, "name": "bird"}]
 CAT, DOG, BIRD = 1, 2, 7
@@ -51,10 +51,64 @@ def test_average_precision_all_point_and_11_point_by_hand():
     assert average_precision(recall, precision, "all") == pytest.approx(0.25 + 0.25 * 2 / 3 + 0.25 * 0.6)
     assert average_precision(recall, precision, "11pt") == pytest.approx(6.2 / 11)
     assert average_precision([], [], "all") == 0.0 and average_precision([], [], "11pt") == 0.0
-    # a recall of exactly 3/10 counts for the 11-point rule's point 0.3 (4 of 11 points at precision 1)
-    assert average_precision([0.1, 0.2, 0.3], [1.0, 1.0, 1.0], "11pt") == pytest.approx(4 / 11)
+    # a recall of exactly 3/10 does not reach the devkit's point 0.3 (0.30000000000000004): 3 of 11 points
+    assert average_precision([0.1, 0.2, 0.3], [1.0, 1.0, 1.0], "11pt") == pytest.approx(3 / 11)
     with pytest.raises(FcoslabError, match="'101pt'"):
         average_precision(recall, precision, "101pt")
+
+
+def devkit_11pt(rec: np.ndarray, prec: np.ndarray) -> float:
+    """The VOC2007 rule as py-faster-rcnn's voc_eval.py (voc_ap, use_07_metric=True) computes it."""
+    ap = 0.0
+    for t in np.arange(0.0, 1.1, 0.1):
+        p = 0.0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
+        ap = ap + p / 11.0
+    return ap
+
+
+def curve(outcomes: str, num_pos: int):
+    """Recall and precision (as voc_eval computes them) after detections 'T' (TP) and 'F' (FP) by score."""
+    tp = np.array([c == "T" for c in outcomes])
+    return precision_recall(tp, ~tp, num_pos)
+
+
+def test_11_point_ap_takes_the_devkit_recall_points():
+    assert VOC07_RECALLS == tuple(np.arange(0.0, 1.1, 0.1).tolist())
+    assert VOC07_RECALLS[3] == 0.30000000000000004 and VOC07_RECALLS[6:8] == (0.6000000000000001, 0.7000000000000001)
+    # 10 positives, TP TP TP FP TP: recall .1 .2 .3 .3 .4, precision 1 1 1 .75 .8. Recall lands exactly on
+    # 0.3, which is below the point 0.30000000000000004: that point takes max(precision at recall .4) = .8.
+    # points 0, .1, .2 -> 1; .3, .4 -> .8; .5 ... 1 -> 0: (3 + 1.6) / 11 (exact decimals: (4 + .8) / 11)
+    recall, precision = curve("TTTFT", 10)
+    assert recall[2] == recall[3] == 0.3
+    ap = average_precision(recall, precision, "11pt")
+    assert abs(ap - devkit_11pt(recall, precision)) < 1e-12 and ap == pytest.approx(4.6 / 11)
+    assert ap != pytest.approx(4.8 / 11)
+    # six TPs, an FP, a TP of 10: recall ends at exactly .7, below 0.7000000000000001; the recall .6
+    # of the first six is below 0.6000000000000001, so that point takes 7/8 from recall .7
+    recall, precision = curve("TTTTTTFT", 10)
+    ap = average_precision(recall, precision, "11pt")
+    assert abs(ap - devkit_11pt(recall, precision)) < 1e-12 and ap == pytest.approx((6 + 7 / 8) / 11)
+
+
+def test_11_point_ap_equals_the_devkit_rule_on_random_curves():
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        num_pos = int(rng.choice([5, 10, 20, 30, 7, 100]))
+        n = int(rng.integers(0, 2 * num_pos))
+        tp = rng.random(n) < rng.random()
+        tp[np.flatnonzero(tp)[num_pos:]] = False  # at most num_pos true positives
+        recall, precision = precision_recall(tp, ~tp, num_pos)
+        assert abs(average_precision(recall, precision, "11pt") - devkit_11pt(recall, precision)) < 1e-12
+
+
+def test_11_point_ap_end_to_end_on_a_recall_of_exactly_three_tenths():
+    boxes = [[20 * k, 0, 10, 10] for k in range(10)]
+    gt = coco_gt([(1, CAT, box) for box in boxes])
+    results = [det(1, CAT, boxes[k], 0.9 - 0.1 * k) for k in range(3)] + [det(1, CAT, FAR, 0.55),
+                                                                           det(1, CAT, boxes[3], 0.5)]
+    recall, precision = curve("TTTFT", 10)
+    ours = voc_evaluate(gt, results)["mAP50_11pt"]
+    assert abs(ours - devkit_11pt(recall, precision)) < 1e-12 and ours == pytest.approx(4.6 / 11)
 
 
 def test_same_case_end_to_end_and_classes_without_gt_left_out():

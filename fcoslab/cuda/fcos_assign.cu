@@ -5,6 +5,8 @@
 //   box valid: label >= 0, x2 > x1, y2 > y1;  inside: min(l, t, r, b) > 0;
 //   range: lo <= max(l, t, r, b) <= hi;  center sampling (radius >= 0): |px - cx| < radius * stride
 //   and |py - cy| < radius * stride;  winner: smallest area, ties to the lowest index.
+// These are the defaults range_bounds="closed", area_order="exact"; fcoslab.ops.fcos_assign runs the torch
+// reference for torchvision's rules ("open", "float32_1e8"), which this kernel does not implement.
 
 #define STAGE 256
 

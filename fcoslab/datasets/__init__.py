@@ -6,7 +6,9 @@ from .coco import (CocoDetection, CocoIndex, check_coco_dict, coco_api, read_coc
 from .shapes import CLASSES as SHAPES_CLASSES, ensure_shapes, make_shapes, read_generator_key  # noqa: F401
 from .cocolike import make_cocolike  # noqa: F401
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, ResizeShortest, build_transforms, collate,  # noqa: F401
-                         collate_fn, float_pixels, pad_targets, resized_shape)
+                         collate_fn, eval_image_shape, float_pixels, pad_targets, resized_shape)
+from .batching import (collate_by_padded_size, collate_by_padded_size_fn, padded_shape,  # noqa: F401
+                       planned_padded_shapes, size_grouped_batches)
 from .loader import EpochBatchSampler, SeededSamples, build_datasets, make_loader  # noqa: F401
 from .convert import Conversion, read_class_names  # noqa: F401
 from .voc import VOC_CLASSES, voc_to_coco  # noqa: F401

@@ -1,4 +1,5 @@
-"""A deterministic COCO-like synthetic detection set: 640x480 JPEGs with COCO's object statistics.
+"""A deterministic COCO-like synthetic detection set: 640x480 JPEGs (or a mix of sizes) with COCO's object
+statistics.
 
 It stands in for COCO where only the statistics matter (data-loading speed at COCO scale, 80-class
 plumbing) and nothing may be downloaded. Per image (figures for COCO train2017 in brackets):
@@ -17,6 +18,10 @@ Boxes are the extents of what was drawn (objects may hide each other, larger one
 crowd's box is its region); ``area`` is the drawn shape's analytic area, as COCO's is its mask's
 (a crowd's: that of one shape filling the region).
 Writing takes 3-5 ms an image on one core.
+
+``sizes`` gives each image one of several (width, height), drawn per image; :data:`MIXED_SIZES` are
+sizes common among COCO's images, landscape and portrait, for what depends on a mix of sizes and
+aspect ratios (batching by padded size in evaluation: ``benchmarks/eval_batching.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
@@ -41,6 +47,9 @@ SIZE_SHARES = (0.41, 0.34, 0.25)  # small, medium, large
 SIZE_AREAS = ((16.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 ** 2, 0.5))  # px^2; large up to half the image
 MEAN_OBJECTS, MAX_OBJECTS, EMPTY_SHARE, CROWD_SHARE = 7.3, 50, 0.01, 0.01
 GRAIN = 24  # amplitude of the pixel noise over the finished image
+# (width, height) common among COCO's images; ``make-cocolike --sizes mixed``
+MIXED_SIZES = ((640, 480), (640, 427), (480, 640), (427, 640), (500, 375), (375, 500), (640, 640), (612, 612),
+               (640, 360), (333, 500))
 
 
 def class_frequencies(classes: int) -> np.ndarray:
@@ -152,28 +161,45 @@ def render_image(seed_seq: list[int], textures: tuple[np.ndarray, np.ndarray], w
     return ImageChops.add(image, _crop(rng, textures[1], width, height), 1.0, -GRAIN), objects
 
 
-def generator_key(train: int, val: int, seed: int, width: int, height: int, classes: int, quality: int) -> str:
+def generator_key(train: int, val: int, seed: int, width: int, height: int, classes: int, quality: int,
+                  sizes: Optional[Sequence[tuple[int, int]]] = None) -> str:
     """Identifies the generator version and arguments, stored in each json's ``info``."""
-    return (f"fcoslab-cocolike v1 train={train} val={val} seed={seed} size={width}x{height} classes={classes} "
-            f"quality={quality}")
+    size = ",".join(f"{w}x{h}" for w, h in sizes) if sizes else f"{width}x{height}"
+    return f"fcoslab-cocolike v1 train={train} val={val} seed={seed} size={size} classes={classes} quality={quality}"
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``"640x480,480x640"`` -> ((640, 480), (480, 640)); ``"mixed"`` -> :data:`MIXED_SIZES`."""
+    if text.strip() == "mixed":
+        return MIXED_SIZES
+    try:
+        return tuple((int(w), int(h)) for w, h in (item.lower().split("x") for item in text.split(",")))
+    except ValueError:
+        raise FcoslabError(f"image sizes '{text}' must be WIDTHxHEIGHT[,WIDTHxHEIGHT...] (e.g. 640x480,480x640) "
+                           "or 'mixed'") from None
 
 
 def make_cocolike(out: str | os.PathLike, train: int = 1000, val: int = 100, seed: int = 0, width: int = 640,
-                  height: int = 480, classes: int = 80, quality: int = 90) -> dict[str, Path]:
+                  height: int = 480, classes: int = 80, quality: int = 90,
+                  sizes: Optional[Sequence[tuple[int, int]]] = None) -> dict[str, Path]:
     """Write ``OUT/{train,val}/*.jpg`` and ``OUT/{train,val}.json`` (COCO format); never downloads.
 
     The same arguments always give the same files (image ``i`` of a split depends only on ``seed``, the
-    split and ``i``). Each json is written last, through a temporary file and a rename.
+    split and ``i``). Each json is written last, through a temporary file and a rename. ``sizes``, a
+    list of (width, height), replaces ``width`` and ``height``: each image gets one of them, drawn from
+    its own seed.
 
     Returns:
         ``{"train": json_path, "val": json_path}``.
     """
     if not 1 <= classes <= len(COCO_CATEGORY_IDS):
         raise FcoslabError(f"classes {classes} must lie between 1 and {len(COCO_CATEGORY_IDS)} (COCO's category ids)")
-    if width < 64 or height < 64:
-        raise FcoslabError(f"image size {width}x{height} is too small for COCO-like objects (at least 64x64)")
+    choices = tuple(sizes) if sizes else ((width, height),)
+    small = [f"{w}x{h}" for w, h in choices if w < 64 or h < 64]
+    if small:
+        raise FcoslabError(f"image size {small[0]} is too small for COCO-like objects (at least 64x64)")
     out, freq = Path(out), class_frequencies(classes)
-    textures = make_textures(seed, width, height)
+    textures = make_textures(seed, max(w for w, _ in choices), max(h for _, h in choices))
     categories = [{"id": COCO_CATEGORY_IDS[k], "name": f"class_{k:02d}", "supercategory": SHAPES[k % len(SHAPES)]}
                   for k in range(classes)]
     paths = {}
@@ -181,17 +207,19 @@ def make_cocolike(out: str | os.PathLike, train: int = 1000, val: int = 100, see
         (out / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(count):
-            image, objects = render_image([seed, split_index, i], textures, width, height, freq)
+            w, h = choices[int(np.random.default_rng([seed, split_index, i, 1]).integers(len(choices)))] \
+                if sizes else choices[0]
+            image, objects = render_image([seed, split_index, i], textures, w, h, freq)
             name = f"{i:012d}.jpg"
             image.save(out / split / name, quality=quality)
-            images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
+            images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
             for cls, (x1, y1, x2, y2), area, crowd in zip(objects["cls"].tolist(), objects["box"].tolist(),
                                                          objects["area"].tolist(), objects["crowd"].tolist()):
                 annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
                                     "category_id": COCO_CATEGORY_IDS[cls], "bbox": [x1, y1, x2 - x1, y2 - y1],
                                     "area": round(area, 2), "iscrowd": int(crowd)})
         info = {"description": f"fcoslab cocolike, seed {seed}, {split}",
-                "generator": generator_key(train, val, seed, width, height, classes, quality)}
+                "generator": generator_key(train, val, seed, width, height, classes, quality, sizes)}
         data = {"info": info, "images": images, "annotations": annotations, "categories": categories}
         path = out / f"{split}.json"
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data)))

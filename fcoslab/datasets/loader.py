@@ -97,10 +97,11 @@ class SeededSamples(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
-def make_loader(dataset, batch_sampler, cfg: Config, batch_size: int = 1) -> torch.utils.data.DataLoader:
-    """A DataLoader padding batches to the largest stride; ``batch_sampler=None`` gives an ordered one."""
+def make_loader(dataset, batch_sampler, cfg: Config, batch_size: int = 1, collate=None) -> torch.utils.data.DataLoader:
+    """A DataLoader padding batches to the largest stride (or collating them with ``collate``, a function of
+    the batch's samples); ``batch_sampler=None`` gives an ordered one."""
     workers = cfg.data.num_workers
-    common = dict(num_workers=workers, collate_fn=collate_fn(cfg),
+    common = dict(num_workers=workers, collate_fn=collate or collate_fn(cfg),
                   pin_memory=torch.cuda.is_available(), persistent_workers=False)
     if workers > 0 and hasattr(os, "fork"):
         common["multiprocessing_context"] = "fork"

@@ -33,17 +33,28 @@ class ResizeShortest:
         self.min_sizes = (min_sizes,) if isinstance(min_sizes, int) else tuple(min_sizes)
         self.max_size, self.method = max_size, method
 
+    def _scale(self, h: int, w: int, pick: int) -> float:
+        return min(float(pick) / min(h, w), float(self.max_size) / max(h, w))
+
+    def output_shape(self, h: int, w: int, pick: int) -> tuple[int, int]:
+        """(h, w) of an (h, w) image after this resize with shorter side ``pick``, without resizing it
+        (``F.interpolate`` with ``recompute_scale_factor`` makes its sides ``floor(side * scale)``)."""
+        if self.method == "interpolate":
+            scale = self._scale(h, w, pick)
+            return math.floor(h * scale), math.floor(w * scale)
+        return resized_shape(h, w, pick, self.max_size)
+
     def __call__(self, image, target):
         h, w = image.shape[-2:]
         pick = self.min_sizes[int(torch.randint(len(self.min_sizes), ()))] if len(self.min_sizes) > 1 else self.min_sizes[0]
         if self.method == "interpolate":
-            scale = min(float(pick) / min(h, w), float(self.max_size) / max(h, w))
-            pixels = torch.nn.functional.interpolate(image[None].as_subclass(torch.Tensor), scale_factor=scale,
-                                                     mode="bilinear", recompute_scale_factor=True, align_corners=False)[0]
+            pixels = torch.nn.functional.interpolate(image[None].as_subclass(torch.Tensor),
+                                                     scale_factor=self._scale(h, w, pick), mode="bilinear",
+                                                     recompute_scale_factor=True, align_corners=False)[0]
             image = tv_tensors.wrap(pixels, like=image)
             size = list(image.shape[-2:])
         else:
-            size = list(resized_shape(h, w, pick, self.max_size))
+            size = list(self.output_shape(h, w, pick))
             if size != [h, w]:
                 image = F.resize(image, size, antialias=True)
         if size != [h, w]:
@@ -51,17 +62,36 @@ class ResizeShortest:
         return image, target
 
 
+class DropEmptyBoxes:
+    """Drop the boxes (and their labels) of zero width or height, or of area under ``min_area`` px^2, and keep
+    every other box however small: the rule of torchvision's detection references (``data.keep_small_boxes``),
+    where ``v2.SanitizeBoundingBoxes`` drops boxes under 1 px."""
+
+    def __init__(self, min_area: float = 0.0):
+        self.min_area = min_area
+
+    def __call__(self, image, target):
+        boxes = target["boxes"]  # (M, 4) xyxy BoundingBoxes
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = ((w > 0) & (h > 0) & (w * h >= self.min_area)).as_subclass(torch.Tensor)  # (M,)
+        return image, dict(target, boxes=tv_tensors.wrap(boxes[keep], like=boxes), labels=target["labels"][keep])
+
+
 def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
     """The resize (shortest side, or ``square_size``), flips and colour jitter for training, and boxes of at
-    least 1 px (and ``min_box_area`` in training). Images stay uint8, a quarter of the bytes that loader
-    workers hand over and batches pad, and the model turns them into floats on its device
-    (:func:`float_pixels`); ``resize=interpolate`` resizes, and so returns, float pixels in [0, 1]."""
+    least 1 px (any positive size with ``keep_small_boxes``; and ``min_box_area`` in training). Boxes are
+    clamped to the resized image, whose right and bottom edges ``side * float32(new / old)`` can overshoot
+    by a rounding error (a box touching the border was then dropped as outside the image). Images stay
+    uint8, a quarter of the bytes that loader workers hand over and batches pad, and the model turns them
+    into floats on its device (:func:`float_pixels`); ``resize=interpolate`` resizes, and so returns, float
+    pixels in [0, 1]."""
     if cfg.square_size:
         S = cfg.square_size
         steps = [v2.RandomResizedCrop((S, S), scale=(0.3, 1.0), antialias=True) if train
                  else v2.Resize((S, S), antialias=True)]
     else:
         steps = [ResizeShortest(cfg.min_size if train else cfg.test_min_size, cfg.max_size, cfg.resize)]
+    steps.append(v2.ClampBoundingBoxes())
     if cfg.resize == "interpolate":  # torchvision resizes the float image
         steps.insert(0, v2.ToDtype(torch.float32, scale=True))
     if train and cfg.hflip > 0:
@@ -69,9 +99,20 @@ def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
     if train and cfg.color_jitter > 0:
         j = cfg.color_jitter
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
-    small = {"min_area": cfg.min_box_area} if train and cfg.min_box_area > 1 else {}  # min_area: torchvision >= 0.20
-    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, **small))
+    if cfg.keep_small_boxes:
+        steps.append(DropEmptyBoxes(cfg.min_box_area if train else 0.0))
+    else:
+        small = {"min_area": cfg.min_box_area} if train and cfg.min_box_area > 1 else {}  # torchvision >= 0.20
+        steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, **small))
     return v2.Compose(steps)
+
+
+def eval_image_shape(h: int, w: int, cfg: DataConfig) -> tuple[int, int]:
+    """(h, w) that the evaluation transforms (``build_transforms(cfg, train=False)``) give an image of
+    (h, w) pixels, computed without the image (to plan evaluation batches, :mod:`fcoslab.datasets.batching`)."""
+    if cfg.square_size:
+        return cfg.square_size, cfg.square_size
+    return ResizeShortest(cfg.test_min_size, cfg.max_size, cfg.resize).output_shape(h, w, cfg.test_min_size)
 
 
 def float_pixels(images: torch.Tensor) -> torch.Tensor:
