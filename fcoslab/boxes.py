@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,3 +63,10 @@ def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """(x1, y1, x2, y2) -> COCO (x, y, w, h); used only at the COCO evaluation edge."""
     return torch.cat([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], dim=-1)
 
+
+def xywh_to_xyxy(boxes) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` boxes (any (N, 4) sequence, e.g. a results json's ``bbox`` values) -> float64
+    (N, 4) ``(x1, y1, x2, y2)``; the inverse of :func:`xyxy_to_xywh`, in numpy for the metrics."""
+    out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    out[:, 2:] += out[:, :2]
+    return out

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 # the viewer's verdicts at IoU 0.5
-TP, FP, MISSED = (40, 200, 40), (230, 30, 30), (255, 150, 0)
+TP_COLOUR, FP_COLOUR, MISSED_COLOUR = (40, 200, 40), (230, 30, 30), (255, 150, 0)
 
 
 def class_colour(label: int) -> tuple[int, int, int]:

@@ -32,13 +32,17 @@ from .model import build_model
 log = logging.getLogger("fcoslab")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; ``cuda[:N]`` without CUDA is a user error."""
+def resolve_device(name: str, source: str = "config key 'train.device'") -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; ``cuda[:N]`` without CUDA is a user error that names
+    ``source``, where the value came from (a config key, or a command's ``--device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FcoslabError(f"config key 'train.device' is '{name}' but no CUDA device is available")
-    return torch.device(name)
+        raise FcoslabError(f"{source} is '{name}' but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise FcoslabError(f"{source} is '{name}': expected auto, cpu, cuda or cuda:N") from None
 
 
 def _cpuinfo(field: str) -> Optional[str]:
@@ -287,7 +291,7 @@ class Predictor:
                                "`fcoslab train --out RUN` any other")
         ckpt = load_checkpoint(checkpoint)
         self.cfg = config_from_dict(ckpt["config"])
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "device (--device)")
         self.precision = choose_precision(amp or self.cfg.train.amp, self.device)
         self.model = build_model(self.cfg, ckpt["num_classes"])
         self.model.load_state_dict(ckpt["model"])

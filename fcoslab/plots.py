@@ -19,9 +19,9 @@ from .config import Config
 from .datasets import CocoDetection
 from .decode import one_class_per_object
 from .draw import class_colour, draw_boxes
+from .points import level_names
 from .evaluate import precision_recall_curves
 
-LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
 
 
 def _colour(label: int) -> tuple[float, float, float]:
@@ -66,8 +66,8 @@ def plot_dataset_stats(dataset: CocoDetection, cfg: Config):
     axes[0].tick_params(axis="x", rotation=45)
     reach = np.maximum(stats["w"], stats["h"]) / 2
     top = max(float(reach.max()) if reach.size else 1.0, 1.0) * 1.1
-    for level, (lo, hi) in enumerate(cfg.assign.regress_ranges):
-        axes[1].axvspan(max(lo, 0), min(hi, top), color=f"C{level}", alpha=0.15, label=LEVEL_NAMES[level])
+    for level, ((lo, hi), name) in enumerate(zip(cfg.assign.regress_ranges, level_names(cfg.model.strides))):
+        axes[1].axvspan(max(lo, 0), min(hi, top), color=f"C{level}", alpha=0.15, label=name)
     axes[1].hist(reach, bins=40, range=(0, top), color="0.3")
     axes[1].set_xlim(0, top)
     axes[1].set_title("max(w, h) / 2 and the FPN regress ranges")
@@ -86,6 +86,7 @@ def plot_assignment(assigned: dict, names: Sequence[str]):
     L = len(assigned["level_sizes"])
     fig, axes = plt.subplots(1, L, figsize=(3.2 * L, 3.4))
     counts = np.cumsum([0] + [h * w for h, w in assigned["level_sizes"]])
+    names_of_levels = _assigned_level_names(assigned)
     image = assigned["image"].permute(1, 2, 0).numpy()
     for level, ax in enumerate(axes):
         ax.imshow(image)
@@ -95,7 +96,7 @@ def plot_assignment(assigned: dict, names: Sequence[str]):
         pos = labels >= 0
         ax.scatter(pts[~pos, 0], pts[~pos, 1], s=2, c="white", alpha=0.4)
         ax.scatter(pts[pos, 0], pts[pos, 1], s=14, c=[_colour(int(l)) for l in labels[pos]], edgecolors="black", lw=0.5)
-        ax.set_title(f"{LEVEL_NAMES[level]} (stride {int(assigned['strides'][counts[level]])}): {int(pos.sum())} positives",
+        ax.set_title(f"{names_of_levels[level]} (stride {int(assigned['strides'][counts[level]])}): {int(pos.sum())} positives",
                      fontsize=8)
         ax.set_xlim(0, image.shape[1])
         ax.set_ylim(image.shape[0], 0)
@@ -113,19 +114,27 @@ def plot_target_maps(assigned: dict, level: int = 0):
     fig, axes = plt.subplots(1, 5, figsize=(16, 3.2))
     for ax, m, title in zip(axes, maps, ["left", "top", "right", "bottom", "center-ness"]):
         im = ax.imshow(m.numpy(), cmap="viridis")
-        ax.set_title(f"{LEVEL_NAMES[level]} {title}", fontsize=9)
+        ax.set_title(f"{_assigned_level_names(assigned)[level]} {title}", fontsize=9)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
 
 
-def plot_positives_per_level(counts_by_setting: dict[str, np.ndarray]):
+def _assigned_level_names(assigned: dict) -> list[str]:
+    """Level names of :func:`fcoslab.analysis.assignment_for_image`'s output, from each level's stride."""
+    starts = np.cumsum([0] + [h * w for h, w in assigned["level_sizes"]])[:-1]
+    return level_names([int(assigned["strides"][i]) for i in starts])
+
+
+def plot_positives_per_level(counts_by_setting: dict[str, np.ndarray], strides: Sequence[int] = (8, 16, 32, 64, 128)):
+    """Positive points per pyramid level (``strides``: the model's, ``model.strides``) for each setting."""
+    names = level_names(strides)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     width = 0.8 / max(len(counts_by_setting), 1)
     for i, (name, counts) in enumerate(counts_by_setting.items()):
         ax.bar(np.arange(len(counts)) + i * width, counts, width, label=name)
-    ax.set_xticks(np.arange(len(LEVEL_NAMES)) + width * (len(counts_by_setting) - 1) / 2, LEVEL_NAMES)
+    ax.set_xticks(np.arange(len(names)) + width * (len(counts_by_setting) - 1) / 2, names)
     ax.set_ylabel("positive points")
     ax.legend(fontsize=8)
     fig.tight_layout()

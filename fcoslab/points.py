@@ -6,6 +6,8 @@ so that all three agree on where a level's points lie.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -49,3 +51,9 @@ def make_points(sizes: list[tuple[int, int]], strides: tuple[int, ...], offset: 
 def point_input_size(model_cfg, height: int, width: int) -> tuple[int, int] | None:
     """The ``input_size`` argument of :func:`make_points` for a padded input under ``model.point_spacing``."""
     return (height, width) if model_cfg.point_spacing == "input_ratio" else None
+
+
+def level_names(strides) -> list[str]:
+    """The pyramid levels' names from their strides: stride 2^k is ``Pk`` (8, 16, ... 128 -> P3 ... P7;
+    a P2-P6 pyramid starts at stride 4)."""
+    return [f"P{int(round(math.log2(int(s))))}" for s in strides]

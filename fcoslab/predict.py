@@ -9,6 +9,7 @@ from typing import Sequence
 
 from .files import write_json
 from .datasets import read_image
+from .datasets.coco import IMAGE_SUFFIXES
 from .decode import one_class_per_object
 from .draw import draw_detections
 from .errors import FcoslabError
@@ -18,7 +19,6 @@ from .tiling import predict_tiled
 __all__ = ["Predictor", "UnreadableImages", "images_to_show", "list_images", "predict_files"]
 log = logging.getLogger("fcoslab")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files among the inputs (folders are searched one level deep, sorted)."""
     files = []

@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .draw import draw_detections
 from .errors import FcoslabError
 from .evaluate import precision_recall_curves
-from .voc_metrics import xywh_to_xyxy
+from .boxes import xywh_to_xyxy
 
 IMAGES = 4  # validation images drawn at each evaluation
 SCORE = 0.3  # detections drawn from this score

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from .boxes import box_iou
 from .datasets import CocoDetection, read_image
 from .decode import one_class_per_object
-from .draw import FP, MISSED, TP, draw_labelled_box
+from .draw import FP_COLOUR, MISSED_COLOUR, TP_COLOUR, draw_labelled_box
 from .inference import Predictor
 
 
@@ -121,10 +121,10 @@ class PredictionViewer:
         draw = ImageDraw.Draw(canvas)
         if found is not None:
             for box in gt["boxes"][~found].tolist():
-                draw_labelled_box(draw, [v * scale for v in box], MISSED)
+                draw_labelled_box(draw, [v * scale for v in box], MISSED_COLOUR)
         rows = []
         for k, (box, s, l) in enumerate(zip(shown["boxes"].tolist(), shown["scores"].tolist(), shown["labels"].tolist())):
-            colour = (TP if is_tp[k] else FP) if is_tp is not None else (0, 160, 255)
+            colour = (TP_COLOUR if is_tp[k] else FP_COLOUR) if is_tp is not None else (0, 160, 255)
             draw_labelled_box(draw, [v * scale for v in box], colour, f"{self.names[l]} {s:.2f}", filled_label=False)
             rows.append({"class": self.names[l], "score": round(s, 3), "box": [round(v, 1) for v in box],
                          "result": ("TP" if is_tp[k] else "FP") if is_tp is not None else ""})

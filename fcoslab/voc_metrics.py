@@ -26,9 +26,10 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from .boxes import xywh_to_xyxy
 from .errors import FcoslabError
 
-TP, FP, IGNORED = 1, 0, -1  # detection outcomes of match_detections
+TP, FP, IGNORED = 1, 0, -1  # detection outcomes of voc_match
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2).tolist())  # 0.50:0.95, exact decimals
 # The 11 recall points of VOC2007's AP as the Python devkit ports take them (py-faster-rcnn's voc_eval.py,
 # ``for t in np.arange(0., 1.1, 0.1)``): 0.3, 0.6 and 0.7 are 0.30000000000000004, 0.6000000000000001 and
@@ -64,13 +65,6 @@ class Detections:
     image_ids: np.ndarray  # int64 (N,)
     scores: np.ndarray  # float64 (N,)
     xywh: np.ndarray  # float64 (N, 4) the boxes as the results write them
-
-
-def xywh_to_xyxy(boxes) -> np.ndarray:
-    """COCO ``[x, y, w, h]`` boxes (any (N, 4) sequence) -> float64 (N, 4) ``(x1, y1, x2, y2)``."""
-    out = _xywh(boxes)
-    out[:, 2:] += out[:, :2]
-    return out
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -134,7 +128,7 @@ def _xywh(boxes) -> np.ndarray:
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def match_detections(truth: GroundTruth, dets: Detections, iou_threshold: float = 0.5):
+def voc_match(truth: GroundTruth, dets: Detections, iou_threshold: float = 0.5):
     """The devkit matching (module docstring) of every detection with the ground truth of its class.
 
     Returns:
@@ -178,7 +172,7 @@ def split_by_class(labels: np.ndarray, scores: np.ndarray, outcome: np.ndarray,
 
 def class_tp_fp(truth: GroundTruth, dets: Detections, iou_threshold: float = 0.5) -> dict[int, dict]:
     """Per category id, the score-sorted TP/FP arrays and positives at one IoU (see :func:`split_by_class`)."""
-    outcome, _ = match_detections(truth, dets, iou_threshold)
+    outcome, _ = voc_match(truth, dets, iou_threshold)
     return split_by_class(dets.labels, dets.scores, outcome, truth.num_positives())
 
 
@@ -250,7 +244,7 @@ def voc_evaluate(gt: dict, results: list[dict], image_ids: Optional[Iterable[int
     truth, dets = read_coco(gt, results, image_ids)
     thresholds = [float(t) for t in iou_thresholds]
     num_pos = truth.num_positives()
-    outcomes = {t: match_detections(truth, dets, t)[0] for t in {0.5, 0.75, *thresholds}}
+    outcomes = {t: voc_match(truth, dets, t)[0] for t in {0.5, 0.75, *thresholds}}
 
     def aps(t: float, rule: str = "all") -> dict[int, float]:
         return class_average_precisions(dets.labels, dets.scores, outcomes[t], num_pos, rule)

@@ -96,3 +96,14 @@ def test_a_missing_run_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FcoslabError, match=f"checkpoint ../runs/shapes does not exist \\(that is {tmp_path.parent}/runs/shapes\\)"):
         inference.Predictor("../runs/shapes")  # notebook 05's default, seen from the notebooks folder
+
+
+def test_a_wrong_device_names_where_it_came_from():
+    from fcoslab.errors import FcoslabError
+    from fcoslab.inference import resolve_device
+
+    with pytest.raises(FcoslabError, match=r"device \(--device\) is 'gpu': expected auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu", "device (--device)")
+    if not torch.cuda.is_available():
+        with pytest.raises(FcoslabError, match=r"^config key 'train.device' is 'cuda:1' but no CUDA"):
+            resolve_device("cuda:1")

@@ -59,3 +59,24 @@ def test_figures_have_the_expected_panels(shapes_dir):
     fig = plots.plot_map_curves({"run": history})
     line = fig.axes[0].lines[0]
     assert np.allclose(line.get_ydata(), [0.1, 0.2, 0.3])
+
+
+def test_level_names_come_from_the_strides():
+    from fcoslab.points import level_names
+
+    assert level_names((8, 16, 32, 64, 128)) == ["P3", "P4", "P5", "P6", "P7"]
+    assert level_names((4, 8, 16, 32, 64)) == ["P2", "P3", "P4", "P5", "P6"]
+    assert level_names((8, 16, 32)) == ["P3", "P4", "P5"]
+
+
+def test_assignment_figures_name_the_levels_of_a_p2_pyramid(shapes_dir):
+    from fcoslab.config import load_config
+
+    cfg = load_config("shapes", {"model.strides": [4, 8, 16, 32, 64],
+                                 "assign.regress_ranges": [[-1, 32], [32, 64], [64, 128], [128, 256], [256, 1e8]]})
+    ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
+    assigned = analysis.assignment_for_image(ds, 0, cfg)
+    fig = plots.plot_assignment(assigned, ds.index.names)
+    assert [ax.get_title().split()[0] for ax in fig.axes] == ["P2", "P3", "P4", "P5", "P6"]
+    fig = plots.plot_positives_per_level({"a": np.ones(5)}, cfg.model.strides)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["P2", "P3", "P4", "P5", "P6"]

@@ -9,7 +9,7 @@ import pytest
 from fcoslab.errors import FcoslabError
 from fcoslab.evaluate import coco_evaluate
 from fcoslab.voc_metrics import (FP, IGNORED, TP, VOC07_RECALLS, average_precision, class_tp_fp, iou_matrix,
-                                 match_detections, precision_recall, read_coco, voc_evaluate)
+                                 voc_match, precision_recall, read_coco, voc_evaluate)
 
 CATS = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 7, "name": "bird"}]
 CAT, DOG, BIRD = 1, 2, 7
@@ -132,7 +132,7 @@ def test_equal_scores_keep_input_order():
     assert fp_first["mAP50"] == pytest.approx(0.5) and tp_first["mAP50"] == pytest.approx(1.0)
     # two equal-score detections of the same box: the first in the input is the TP
     truth, dets = read_coco(gt, [det(1, CAT, [0, 0, 10, 9], .9), det(1, CAT, A, .9)])
-    outcome, gt_index = match_detections(truth, dets, 0.5)
+    outcome, gt_index = voc_match(truth, dets, 0.5)
     assert outcome.tolist() == [TP, FP] and gt_index.tolist() == [0, 0]
 
 
@@ -154,7 +154,7 @@ def test_devkit_duplicate_takes_the_max_iou_box_even_when_matched_unlike_coco():
     # second detection: IoU 95/105 = .905 with A (taken) and 85/115 = .739 with the other box
     results = [det(1, CAT, A, .9), det(1, CAT, [0.5, 0, 10, 10], .8)]
     truth, dets = read_coco(gt, results)
-    assert match_detections(truth, dets, 0.5)[0].tolist() == [TP, FP]
+    assert voc_match(truth, dets, 0.5)[0].tolist() == [TP, FP]
     assert voc_evaluate(gt, results)["mAP50"] == pytest.approx(0.5)  # recall .5 at precision 1
     assert coco_evaluate(gt, results)[0]["AP50"] == pytest.approx(1.0)  # COCO takes the unmatched box
 
@@ -164,7 +164,7 @@ def test_difficult_and_crowd_boxes_are_ignored_and_not_counted():
     results = [det(1, CAT, B, .95), det(1, CAT, C, .93), det(1, CAT, B, .92), det(1, CAT, A, .9),
                det(1, CAT, FAR, .5)]
     truth, dets = read_coco(gt, results)
-    outcome, gt_index = match_detections(truth, dets, 0.5)
+    outcome, gt_index = voc_match(truth, dets, 0.5)
     assert outcome.tolist() == [IGNORED, IGNORED, IGNORED, TP, FP]
     assert gt_index.tolist() == [1, 2, 1, 0, -1]
     c = class_tp_fp(truth, dets, 0.5)[CAT]

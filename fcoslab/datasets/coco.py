@@ -182,6 +182,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+# Files taken as images when a folder is searched (predict, YOLO folders): formats PIL reads
+IMAGE_SUFFIXES = frozenset({*JPEG_SUFFIXES, ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
 
 
 def read_pixels(path: str | Path) -> torch.Tensor:

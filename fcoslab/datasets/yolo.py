@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import FcoslabError
+from .coco import IMAGE_SUFFIXES
 from .convert import CocoBuilder, Conversion, PathLike, image_size, parse_number, read_class_names, read_lines
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 TOLERANCE = 1e-3  # normalised coordinates within [-TOLERANCE, 1 + TOLERANCE] are clamped to [0, 1]
 FIELDS = ("cx", "cy", "w", "h")
 
