@@ -1,4 +1,4 @@
-"""The ``fcoslab`` command line: presets, make-shapes, make-cocolike, convert, check-data, train, evaluate, compare,
+"""The ``fcoslab`` command line: presets, config, make-shapes, make-cocolike, convert, check-data, train, evaluate, compare,
 predict, export.
 
 User mistakes print one line, ``fcoslab: error: ...``, and exit with status 2. Training runs under
@@ -25,6 +25,13 @@ def _cmd_presets(args) -> None:
     for name in list_presets():
         doc = json.loads((PRESET_DIR / f"{name}.json").read_text()).get("_doc", "")
         print(f"{name:16s} {doc}")
+
+
+def _cmd_config(args) -> None:
+    from .config_docs import explain_text
+
+    cfg = load_config(args.config, args.set)
+    print(explain_text(cfg) if args.explain else json.dumps(cfg.to_dict(), indent=2))
 
 
 def _cmd_make_shapes(args) -> None:
@@ -205,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the named configs")
     p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("config", help="print a resolved config (--explain: every key's value, default, type, meaning)")
+    p.add_argument("config", nargs="?", default="shapes", help="preset name or JSON file (default: shapes)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
+    p.add_argument("--explain", action="store_true", help="a key a line, with default, type and meaning")
+    p.set_defaults(func=_cmd_config)
 
     _add_generator_commands(sub)
 

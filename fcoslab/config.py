@@ -40,17 +40,17 @@ def anchor_paths(flat: dict[str, Any], base: Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_ann: str = "data/shapes/train.json"
-    train_images: str = "data/shapes/train"
-    val_ann: str = "data/shapes/val.json"
-    val_images: str = "data/shapes/val"
+    train_ann: str = "data/shapes/train.json"  # COCO json of the training set
+    train_images: str = "data/shapes/train"  # folder its file_name entries are relative to
+    val_ann: str = "data/shapes/val.json"  # COCO json of the validation set
+    val_images: str = "data/shapes/val"  # folder of the validation images
     # Training resize: shorter side drawn from min_size (scale jitter), longer side at most max_size.
     min_size: tuple[int, ...] = (800,)
-    max_size: int = 1333
-    test_min_size: int = 800
-    hflip: float = 0.5
-    color_jitter: float = 0.0
-    num_workers: int = 2
+    max_size: int = 1333  # longer side at most this (training and evaluation)
+    test_min_size: int = 800  # evaluation and prediction: shorter side
+    hflip: float = 0.5  # probability of a horizontal flip in training
+    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength in training; 0 = off
+    num_workers: int = 2  # data-loader processes (0: load in the training process)
     cache_images: bool = False  # keep decoded images in memory (small datasets; use with num_workers=0)
     # Before the first epoch, check every training and validation image: header (format, size, and that the
     # file is complete), deep (decode each in full) or off (fcoslab.datasets.image_check)
@@ -70,10 +70,10 @@ class DataConfig:
 class ShapesConfig:
     """The generated shapes set that ``data``'s paths point at (a config without this section never
     generates anything): made into the annotation files' folder when missing or made otherwise."""
-    train: int = 4608
-    val: int = 128
-    image_size: int = 128
-    seed: int = 0
+    train: int = 4608  # training images generated
+    val: int = 128  # validation images generated
+    image_size: int = 128  # side of the square images, px
+    seed: int = 0  # generator seed
     min_side: float = 0.12  # smallest object side as a fraction of image_size
 
 
@@ -90,13 +90,13 @@ class ModelConfig:
     torchvision_weights: bool = False  # use torchvision's weight enum (needs network or its cache)
     init_from: str = ""  # a run folder or checkpoint: every tensor whose name and shape fit (fcoslab.finetune)
     init_class_map: tuple[str, ...] = ()  # "old:new" class names whose classifier rows carry over (equal names do)
-    frozen_bn: bool = True
+    frozen_bn: bool = True  # backbone BatchNorm with fixed statistics and affine (pretrained backbones)
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + layer1, ... up to 5
-    fpn_channels: int = 256
+    fpn_channels: int = 256  # channels of the FPN and the heads
     p6_from: str = "p5"  # p5 | c5
-    head_convs: int = 4
+    head_convs: int = 4  # 3x3 convs in each head tower
     head_norm: str = "gn"  # gn | none
-    centerness: bool = True
+    centerness: bool = True  # predict center-ness (on the regression tower) and use it in scores
     regression: str = "relu_stride"  # exp | relu_stride
     # P3-P7; (8, 16, 32) = P3-P5 only; (4, 8, ...) adds P2 for small objects (VALID_STRIDES lists them)
     strides: tuple[int, ...] = (8, 16, 32, 64, 128)
@@ -106,8 +106,8 @@ class ModelConfig:
     point_spacing: str = "stride"
     level_scales: bool = True  # a learnt scale per level on the regression (torchvision's FCOS has none)
     pad_multiple: int = 0  # inputs padded to a multiple of this; 0 = the largest stride
-    prior_prob: float = 0.01
-    channels_last: bool = False
+    prior_prob: float = 0.01  # initial foreground probability of the classifier's bias
+    channels_last: bool = False  # channels-last memory format in training
 
     @property
     def size_divisibility(self) -> int:
@@ -118,6 +118,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AssignConfig:
+    # per level (lo, hi): a point may learn a box when max(l, t, r, b) is in [lo, hi] (assign.range_bounds)
     regress_ranges: tuple[tuple[float, float], ...] = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8))
     center_radius: Optional[float] = 1.5  # None turns center sampling off
     range_bounds: str = "closed"  # closed: lo <= max(l, t, r, b) <= hi; open: lo < max < hi (torchvision's FCOS)
@@ -127,51 +128,51 @@ class AssignConfig:
 @dataclass(frozen=True)
 class LossConfig:
     box: str = "giou"  # iou (-log IoU) | giou (1 - GIoU)
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    box_weight: float = 1.0
+    focal_alpha: float = 0.25  # focal loss weight of positives
+    focal_gamma: float = 2.0  # focal loss focusing exponent
+    box_weight: float = 1.0  # weight of the box (GIoU/IoU) loss
     centerness_weighted_box: bool = True  # weight box loss by center-ness targets (when center-ness is on)
     num_pos_per_process: bool = False  # True: each process divides by its own positives (torchvision under DDP)
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    score_thresh: float = 0.05
+    score_thresh: float = 0.05  # candidates below this score are dropped
     pre_nms_topk: int = 1000  # per level
-    nms_thresh: float = 0.6
+    nms_thresh: float = 0.6  # IoU of class-aware NMS
     class_agnostic_nms: bool = False  # True: boxes of different classes suppress each other too
-    max_detections: int = 100
+    max_detections: int = 100  # detections kept an image
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 12  # length of the run
     # Images per epoch; 0 = one pass over the training set. A fixed number gives a run the same length
     # (steps, warm-up, decays, evaluations) on any dataset: an epoch then draws that many images, pass
     # after pass over the set.
     images_per_epoch: int = 0
     batch_size: int = 16  # global: split over processes under torchrun
     optimizer: str = "sgd"  # sgd (momentum) | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = 0.01  # peak learning rate (for the global batch)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # on weights only (not norms, biases, scales)
     warmup_iters: int = 500  # at most a quarter of the run
-    warmup_factor: float = 1.0 / 3
+    warmup_factor: float = 1.0 / 3  # learning rate at step 0, a fraction of lr
     lr_schedule: str = "step"  # step (x lr_gamma at each of lr_steps) | cosine (to 0 at the last step)
     lr_steps: tuple[float, ...] = (8, 11)  # epochs (fractions allowed) after which lr is multiplied by lr_gamma
-    lr_gamma: float = 0.1
+    lr_gamma: float = 0.1  # factor at each of lr_steps
     grad_clip: float = 0.0  # 0 = off
     freeze: str = "none"  # none | backbone | backbone_fpn (head only): parameters kept fixed (fcoslab.finetune)
     freeze_epochs: int = 0  # ... for the first N epochs; 0 = the whole run
     amp: str = "auto"  # auto (fp16 on CUDA) | fp16 | bf16 | off
-    eval_every: int = 1
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     eval_batch_size: int = 8  # images per evaluation batch (per process); evaluate and predict use it too
     checkpoint_every: int = 0  # iterations between mid-epoch checkpoints; 0 = epoch ends only
     # Minutes of training between mid-epoch checkpoints (0 = off): a crash or kill -9 loses at most this much.
     # Ctrl-C and SIGTERM save at the next step whatever this is.
     checkpoint_minutes: float = 10.0
     max_nonfinite: int = 5  # consecutive non-finite losses that stop training
-    seed: int = 0
+    seed: int = 0  # initialisation, order of images and augmentations
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     tensorboard: bool = False  # also log to RUN/tensorboard (history.json stays the record)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fcoslab"
 LAYERS = [
-    ["errors", "files", "coerce", "config", "boxes", "distributed", "runfolder"],
+    ["errors", "files", "coerce", "config", "config_docs", "boxes", "distributed", "runfolder"],
     ["datasets.coco", "datasets.shapes", "datasets.cocolike", "datasets.transforms", "datasets.loader",
      "datasets.convert", "datasets.voc", "datasets.yolo", "datasets.boxlist", "datasets.image_check", "datasets.batching",
      "datasets"],
