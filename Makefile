@@ -24,7 +24,7 @@ demo: env
 	$(BIN)/fcoslab evaluate runs/shapes
 	$(BIN)/fcoslab predict runs/shapes data/shapes/val --score 0.5 --one-class --out $(OUT)/predictions
 	@if [ -d notebooks ] && ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		$(BIN)/python -m fcoslab.notebooks run --out $(OUT)/notebooks --run runs/shapes --only 01 02 03 04 05; fi
+		$(BIN)/python -m fcoslab.notebooks run --out $(OUT)/notebooks --run runs/shapes --only 00 01 02 03 04 05; fi
 
 # The README's figures from the demo's trained run (after make demo); the viewer screenshot needs chromium.
 figures: env

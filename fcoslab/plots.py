@@ -254,6 +254,19 @@ def show_predictions(predictor, dataset: CocoDetection, n: int = 8, cols: int = 
     return _finish_grid(fig, axes)
 
 
+def plot_detections(images: Sequence, detections: Sequence[dict], names: Sequence[str], score: float = 0.3,
+                    cols: int = 4):
+    """Decoded detections (``boxes`` in each image's own pixels, ``scores``, ``labels``) on the images (PIL,
+    or float (3, h, w) in [0, 1]), those from ``score`` up."""
+    fig, axes = _image_grid(len(images), cols)
+    for ax, image, det in zip(axes.flat, images, detections):
+        ax.imshow(image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else image)
+        keep = det["scores"] >= score
+        draw_boxes(ax, det["boxes"][keep], det["labels"][keep], names, scores=det["scores"][keep])
+        ax.set_title(f"{int(keep.sum())} detections from score {score}", fontsize=8)
+    return _finish_grid(fig, axes)
+
+
 def assignment_widget(dataset: CocoDetection, cfg: Config):
     """Sliders for the image and the center-sampling radius (0 = off) over :func:`plot_assignment`."""
     import ipywidgets as W

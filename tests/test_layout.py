@@ -15,7 +15,7 @@ LAYERS = [
     ["inference", "draw", "voc_metrics", "coco_ap", "error_analysis"],
     ["evaluate", "bootstrap"],
     ["tensorboard_log", "stopping", "optim", "training_setup", "train"],
-    ["tiling", "compare", "ablate", "cli_research", "cli_predict", "analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision",
+    ["tiling", "anatomy", "compare", "ablate", "cli_research", "cli_predict", "analysis", "plots", "predict", "viewer", "notebooks", "browser", "import_torchvision",
      "onnx_contract", "onnx_decode", "onnx_preprocess", "onnx_predictor", "onnx_check", "export", "cli", "__main__", ""],
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -11,9 +11,9 @@ from fcoslab.notebooks import execute_notebook, notebook_paths
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_six_numbered_notebooks_are_thin_and_stripped():
+def test_seven_numbered_notebooks_are_thin_and_stripped():
     paths = notebook_paths()
-    assert [p.name[:2] for p in paths] == ["01", "02", "03", "04", "05", "06"]
+    assert [p.name[:2] for p in paths] == ["00", "01", "02", "03", "04", "05", "06"]
     for path in paths:
         nb = json.loads(path.read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
@@ -30,6 +30,7 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path):
     run = str(tmp_path / "run")
     data = {"ANN": over["data.train_ann"], "IMAGES": over["data.train_images"], "N_SAMPLES": 4}
     params = {
+        "00": {"N_IMAGES": 2},
         "01": {"CONFIG": "shapes", **data},
         "02": {"CONFIG": "shapes", "N_IMAGES_FOR_COUNTS": 4},
         "03": {"CONFIG": "shapes", "OVERRIDES": over, "RUN_DIR": run},
@@ -40,7 +41,7 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path):
                              for k, v in {**over, "train.epochs": 1}.items()]},
     }
     # notebook 02 reads the preset's own data: point the preset at the tiny set through its overrides
-    params["02"]["CONFIG"] = str(tmp_path / "tiny.json")
+    params["02"]["CONFIG"] = params["00"]["CONFIG"] = str(tmp_path / "tiny.json")
     sections = {}
     for key, value in over.items():
         section, _, name = key.partition(".")
@@ -53,7 +54,7 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path):
         errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, (path.name, errors)
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
-    for prefix in ("01_", "02_", "03_", "04_", "05_", "06_"):
+    for prefix in ("00_", "01_", "02_", "03_", "04_", "05_", "06_"):
         assert any(f.startswith(prefix) for f in figures), (prefix, figures)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
