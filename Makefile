@@ -24,12 +24,12 @@ demo: env
 	$(BIN)/fcoslab evaluate runs/shapes
 	$(BIN)/fcoslab predict runs/shapes data/shapes/val --score 0.5 --one-class --out $(OUT)/predictions
 	@if [ -d notebooks ] && ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		$(BIN)/python -m fcoslab.notebooks run --out $(OUT)/notebooks --run runs/shapes --only 00 01 02 03 04 05; fi
+		$(BIN)/python -m fcoslab.apps.notebooks run --out $(OUT)/notebooks --run runs/shapes --only 00 01 02 03 04 05; fi
 
 # The README's figures from the demo's trained run (after make demo); the viewer screenshot needs chromium.
 figures: env
-	$(BIN)/python -m fcoslab.notebooks figures --executed $(OUT)/notebooks --out docs/figures
-	$(BIN)/python -m fcoslab.browser runs/shapes --score 0.5 --out docs/figures/viewer_jupyterlab.jpg
+	$(BIN)/python -m fcoslab.apps.notebooks figures --executed $(OUT)/notebooks --out docs/figures
+	$(BIN)/python -m fcoslab.apps.browser runs/shapes --score 0.5 --out docs/figures/viewer_jupyterlab.jpg
 
 test: env
 	$(BIN)/python -m pytest -q

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fcoslab.config import load_config  # noqa: E402
-from fcoslab.model import build_model  # noqa: E402
-from fcoslab.optim import make_optimizer  # noqa: E402
+from fcoslab.modeling.model import build_model  # noqa: E402
+from fcoslab.engine.optim import make_optimizer  # noqa: E402
 from fcoslab.runfolder import RunFolder, rng_state  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """Evaluation speed (images/s) of batches padded to their largest image (before) against batches of one
-padded size (``fcoslab.datasets.batching``, now), on a COCO-like set of mixed sizes and on one of a single
+padded size (``fcoslab.data.batching``, now), on a COCO-like set of mixed sizes and on one of a single
 size. A benchmark, not a test.
 
     python benchmarks/eval_batching.py [--images 64] [--batch 8] [--repeat 2] [--preset shapes]
@@ -12,7 +12,7 @@ an FPN of 64 channels) with random weights and 80 classes, at the preset's sizes
 (default ``data.test_min_size=320 data.max_size=533``: COCO's 800/1333 scaled for a CPU), float32.
 
 Each way runs the loading, transforms, padding, network and decoding of every image (what
-``fcoslab.evaluate.predict_dataset`` runs; COCO scoring, the same for both, is left out): before, the
+``fcoslab.evaluation.coco.predict_dataset`` runs; COCO scoring, the same for both, is left out): before, the
 consecutive batches of ``train.eval_batch_size`` images padded to their largest, through ``make_loader``'s
 collate, with plain convolutions; now, ``evaluation_loader``'s batches with ``BatchInvariantConv2d``.
 One pass is not timed (oneDNN creates its kernels for each new input shape), then the best of --repeat
@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 
 from fcoslab.config import load_config, parse_overrides
-from fcoslab.datasets import CocoDetection, build_transforms, make_cocolike, make_loader
-from fcoslab.datasets.cocolike import MIXED_SIZES
-from fcoslab.evaluate import evaluation_loader
-from fcoslab.inference import Precision, batch_invariant_layers, cpu_name, inference_layout, predict_batches
-from fcoslab.model import build_model
+from fcoslab.data import CocoDetection, build_transforms, make_cocolike, make_loader
+from fcoslab.data.synthetic.cocolike import MIXED_SIZES
+from fcoslab.evaluation.coco import evaluation_loader
+from fcoslab.inference.predictor import Precision, batch_invariant_layers, cpu_name, inference_layout, predict_batches
+from fcoslab.modeling.model import build_model
 
 CPU, FLOAT32 = torch.device("cpu"), Precision(None, "float32")
 

@@ -6,11 +6,11 @@
 Generates a COCO-like ground truth (``--images`` images of 480-640 px sides, COCO's 80 category ids with a
 skewed frequency, ~7 objects per image with COCO's share of small / medium / large objects, 1% crowd boxes)
 and 100 detections per image (noisy copies of the objects, some of the wrong class, then random boxes; scores
-and boxes rounded as ``fcoslab.evaluate.to_coco_results`` rounds them), all seeded. For each backend, through
-``fcoslab.evaluate.coco_backend`` (the code ``coco_evaluate`` runs), prints the median seconds of ``load``
+and boxes rounded as ``fcoslab.evaluation.coco.to_coco_results`` rounds them), all seeded. For each backend, through
+``fcoslab.evaluation.coco.coco_backend`` (the code ``coco_evaluate`` runs), prints the median seconds of ``load``
 (ground-truth COCO object and ``loadRes``) and of ``eval`` (COCOeval evaluate + accumulate + summarize), the
 speed-up over pycocotools and the largest difference of the 12 numbers from pycocotools'. ``--voc`` also times
-``fcoslab.voc_metrics.voc_evaluate``. ``--world W`` times the gather of sharded evaluation as
+``fcoslab.evaluation.voc.voc_evaluate``. ``--world W`` times the gather of sharded evaluation as
 ``torch.distributed.all_gather_object`` does it: each of W processes pickles its shard of the results list,
 and every process unpickles all W shards (the transfer itself is not simulated).
 """
@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
-from fcoslab.evaluate import STAT_NAMES, coco_backend
-from fcoslab.inference import cpu_name
+from fcoslab.evaluation.coco import STAT_NAMES, coco_backend
+from fcoslab.inference.predictor import cpu_name
 
 # COCO's 80 category ids (1..90 less ten unused ones)
 COCO_CAT_IDS = [c for c in range(1, 91) if c not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
@@ -137,7 +137,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--backends", default="pycocotools,faster", help="comma-separated eval.backend values")
     parser.add_argument("--repeat", type=int, default=3, help="runs per backend; the median is printed")
-    parser.add_argument("--voc", action="store_true", help="also time fcoslab.voc_metrics.voc_evaluate")
+    parser.add_argument("--voc", action="store_true", help="also time fcoslab.evaluation.voc.voc_evaluate")
     parser.add_argument("--world", type=int, default=8, help="processes of the simulated gather; 0: skip")
     args = parser.parse_args(argv)
     from importlib.metadata import version
@@ -166,7 +166,7 @@ def main(argv: list[str]) -> None:
             line += f"   max |stat - pycocotools| {diff:.1e}"
         print(line + f"   AP {stats[STAT_NAMES.index('AP')]:.4f}")
     if args.voc:
-        from fcoslab.voc_metrics import voc_evaluate
+        from fcoslab.evaluation.voc import voc_evaluate
 
         start = time.perf_counter()
         voc = voc_evaluate(gt, results)

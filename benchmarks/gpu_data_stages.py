@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_efficiency import FcoslabStep, StepOptions, measure, sync  # noqa: E402
 
-from fcoslab.datasets.cocolike import MIXED_SIZES, make_cocolike, parse_sizes  # noqa: E402
+from fcoslab.data.synthetic.cocolike import MIXED_SIZES, make_cocolike, parse_sizes  # noqa: E402
 
 COCO_TRAIN_IMAGES, COCO_VAL_IMAGES = 118287, 5000
 
@@ -58,10 +58,10 @@ def evaluation_share(args, rec, device: torch.device, clock) -> None:
     from evaluation import coco_like_detections, coco_like_ground_truth
 
     from fcoslab.config import load_config
-    from fcoslab.datasets import CocoDetection, build_transforms
-    from fcoslab.evaluate import coco_backend, predict_dataset, score_results, to_coco_results
-    from fcoslab.inference import choose_precision, inference_layout
-    from fcoslab.model import build_model
+    from fcoslab.data import CocoDetection, build_transforms
+    from fcoslab.evaluation.coco import coco_backend, predict_dataset, score_results, to_coco_results
+    from fcoslab.inference.predictor import choose_precision, inference_layout
+    from fcoslab.modeling.model import build_model
 
     preset, precision = args.presets[0], args.precisions[0]
     folder, generated = cocolike_images(Path(args.work), args.eval_images, args.eval_sizes)
@@ -170,7 +170,7 @@ def decode_throughput(args, rec, device: torch.device, clock) -> None:
     table = rec.table("decode", f"JPEG decoding to uint8 (3, H, W): {n} make-cocolike files, {mb / max(n, 1) * 1024:.0f} "
                       "KB each on average (bytes already in memory)", ("decoder", "batch", "images/s", "ms/image"),
                       ["Best of 3 runs; GPU rows include the host-to-device copy and a synchronize; no resize.",
-                       "fcoslab's loader decodes in its CPU workers (fcoslab.datasets.read_pixels); decoding on the "
+                       "fcoslab's loader decodes in its CPU workers (fcoslab.data.read_pixels); decoding on the "
                        "GPU would need the loader to hand over bytes (not done in fcoslab)."])
 
     def cpu_one():

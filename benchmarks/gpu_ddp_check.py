@@ -12,8 +12,8 @@ earlier one failed:
 3. Collectives: all_reduce, broadcast, all_gather_object, barrier.
 4. One DistributedDataParallel step of the preset's model (device_ids=[LOCAL_RANK]).
 5. One epoch of the preset (``train.images_per_epoch=--images`` on a generated shapes set of that size)
-   through ``fcoslab.train``: train, evaluate, checkpoint (``last.pt``, ``history.json``).
-6. ``fcoslab.evaluate`` of the run: the same AP as the epoch's record in the history.
+   through ``fcoslab.engine.trainer``: train, evaluate, checkpoint (``last.pt``, ``history.json``).
+6. ``fcoslab.evaluation.coco`` of the run: the same AP as the epoch's record in the history.
 7. Resume with ``train.epochs=2``: a second epoch, the step counter continued, two records.
 
 fcoslab itself trains in one process here (it wraps in DDP only when WORLD_SIZE > 1, and NCCL cannot put
@@ -75,10 +75,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from fcoslab.config import load_config
-    from fcoslab.evaluate import coco_backend, evaluate
-    from fcoslab.train import train
-    from fcoslab.inference import resolve_device
-    from fcoslab.model import build_model
+    from fcoslab.evaluation.coco import coco_backend, evaluate
+    from fcoslab.engine.trainer import train
+    from fcoslab.inference.predictor import resolve_device
+    from fcoslab.modeling.model import build_model
 
     device = resolve_device(args.device)
     work = Path(args.work)

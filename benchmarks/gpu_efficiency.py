@@ -4,7 +4,7 @@
                                         [--precision preset|bf16|fp32] [--torchvision]
     python benchmarks/gpu_efficiency.py --count-only            # FLOPs alone (any device, CPU included)
 
-A step is forward, loss, backward and the optimiser (``fcoslab.optim.make_optimizer``), on random uint8
+A step is forward, loss, backward and the optimiser (``fcoslab.engine.optim.make_optimizer``), on random uint8
 images of ``--size`` (padded as the preset pads) with 10 random boxes each, in the precision asked
 (``preset``: the preset's ``train.amp`` rule). MFU = step FLOPs / step time / :data:`PEAK_BF16_TFLOPS`,
 whatever the precision (fp32 steps are held to the same bf16 rate). The same step of torchvision's FCOS
@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fcoslab.config import load_config  # noqa: E402
-from fcoslab.inference import choose_precision, cpu_name, resolve_device  # noqa: E402
-from fcoslab.loss import FCOSCriterion  # noqa: E402
-from fcoslab.model import build_model  # noqa: E402
-from fcoslab.optim import make_optimizer  # noqa: E402
+from fcoslab.inference.predictor import choose_precision, cpu_name, resolve_device  # noqa: E402
+from fcoslab.modeling.loss import FCOSCriterion  # noqa: E402
+from fcoslab.modeling.model import build_model  # noqa: E402
+from fcoslab.engine.optim import make_optimizer  # noqa: E402
 
 # The H200's dense BF16 Tensor Core rate, 989 TFLOP/s: NVIDIA's H200 (SXM) datasheet lists 1,979 TFLOP/s
 # "with sparsity", i.e. 989 dense. (An 8192^3 bf16 matmul reached 769-798 TFLOP/s on this workplace's
@@ -52,7 +52,7 @@ class StepOptions:
     optimizer: str = "foreach"  # foreach (make_optimizer's) | loop (foreach=False) | fused (fused=True)
     compile_model: bool = False  # torch.compile(model)
     compile_loss: bool = False  # torch.compile(criterion)
-    trainer_syncs: bool = False  # the two host syncs of fcoslab.train.Trainer.train_step (.tolist())
+    trainer_syncs: bool = False  # the two host syncs of fcoslab.engine.trainer.Trainer.train_step (.tolist())
     cuda_graph: bool = False  # the network's forward and backward replayed from CUDA graphs
 
 

@@ -45,7 +45,7 @@ from gpu_efficiency import FcoslabStep, StepOptions, device_name, measure, sync 
 from gpu_report import StageRecord  # noqa: E402
 
 from fcoslab import ops  # noqa: E402
-from fcoslab.inference import resolve_device  # noqa: E402
+from fcoslab.inference.predictor import resolve_device  # noqa: E402
 
 # name -> (StepOptions changes, environment changes, cudnn.benchmark, seconds it may need beyond a plain lever)
 LEVERS: dict[str, tuple[dict, dict, bool, float]] = {

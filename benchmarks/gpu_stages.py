@@ -36,7 +36,7 @@ from gpu_efficiency import (PEAK_BF16_TFLOPS, FcoslabStep, StepOptions, Torchvis
 from gpu_data_stages import COCO_VAL_IMAGES, decode_throughput, evaluation_share  # noqa: E402
 from gpu_report import StageRecord  # noqa: E402
 
-from fcoslab.inference import cpu_name, resolve_device  # noqa: E402
+from fcoslab.inference.predictor import cpu_name, resolve_device  # noqa: E402
 
 
 class Clock:

@@ -88,8 +88,8 @@ def bench_focal(repeat: int, gen) -> dict:
 
 
 def bench_assign(repeat: int, gen) -> dict:
-    from fcoslab.points import make_points
-    from fcoslab.targets import point_regress_ranges
+    from fcoslab.modeling.points import make_points
+    from fcoslab.modeling.targets import point_regress_ranges
 
     sizes = [((800 + s - 1) // s, (1344 + s - 1) // s) for s in (8, 16, 32, 64, 128)]
     points, strides = make_points(sizes, (8, 16, 32, 64, 128), 0.5, "cuda")

@@ -4,7 +4,7 @@ decoding alone (PIL vs torchvision.io.decode_jpeg). A benchmark, not a test.
     python benchmarks/loader.py [--data DIR] [--images 512] [--batches 20] [--batch-size 2]
                                 [--preset imprv_coco_1x seed_coco_2x] [--workers 0 1 2] [--decoders torchvision pil]
 
-Data: the 640x480 JPEGs of ``fcoslab.datasets.make_cocolike`` (COCO's object counts and sizes, about
+Data: the 640x480 JPEGs of ``fcoslab.data.make_cocolike`` (COCO's object counts and sizes, about
 130 KB a file), generated into a temporary folder, or the set that ``fcoslab make-cocolike DIR`` wrote.
 Files are read once before timing, so every figure is decoding and transforms from the page cache.
 
@@ -40,9 +40,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from fcoslab.config import load_config
-from fcoslab.datasets import CocoDetection, EpochBatchSampler, build_datasets, make_cocolike, make_loader, read_image
-from fcoslab.datasets.coco import read_pixels
-from fcoslab.inference import cpu_name
+from fcoslab.data import CocoDetection, EpochBatchSampler, build_datasets, make_cocolike, make_loader, read_image
+from fcoslab.data.formats.coco import read_pixels
+from fcoslab.inference.predictor import cpu_name
 
 
 class PilCocoDetection(CocoDetection):

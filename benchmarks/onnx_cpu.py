@@ -7,10 +7,10 @@ For each preset a run folder with seeded random weights is written to a temporar
 downloaded): ``shapes`` at its 128 px, and the COCO preset ``tv_fcos_r50`` (torchvision's FCOS R-50-FPN) with a
 4:3 image resized to ``--coco-size`` (512: a 512x704 input). Random weights are made to behave as trained ones
 do (batch-norm statistics of a trained network, a classifier whose scores spread), so that decoding has work.
-``fcoslab.export.export_onnx`` writes a static file of each kind (checked against fcoslab as always), then:
+``fcoslab.inference.onnx.export.export_onnx`` writes a static file of each kind (checked against fcoslab as always), then:
 
 - torch: the model as fcoslab's inference runs it on a CPU (eval, channels-last, inference mode, float32),
-  alone and followed by ``fcoslab.decode.decode``;
+  alone and followed by ``fcoslab.modeling.decode.decode``;
 - onnxruntime: CPUExecutionProvider, ``intra_op_num_threads`` = the torch threads, all graph optimisations.
 
 Prints the median (and least) milliseconds per image (batch 1) of ``--repeat`` runs after two warm-up runs,
@@ -33,11 +33,11 @@ import torch
 from torchvision.ops import FrozenBatchNorm2d
 
 from fcoslab.config import load_config
-from fcoslab.datasets import resized_shape
-from fcoslab.decode import decode
-from fcoslab.export import export_onnx, sample_input
-from fcoslab.inference import Predictor, cpu_name
-from fcoslab.model import build_model
+from fcoslab.data import resized_shape
+from fcoslab.modeling.decode import decode
+from fcoslab.inference.onnx.export import export_onnx, sample_input
+from fcoslab.inference.predictor import Predictor, cpu_name
+from fcoslab.modeling.model import build_model
 from fcoslab.runfolder import RunFolder
 
 PRESETS = {"shapes": 4, "tv_fcos_r50": 91}  # preset: classes (91: torchvision's COCO labels)

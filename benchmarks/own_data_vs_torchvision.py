@@ -9,19 +9,19 @@ The claim measured: the ``shapes`` preset trains a good model on any small datas
 yardstick: on data the preset was not tuned on, in the same wall time, float32 on the CPU, fcoslab's AP
 should be at least 1.25x the AP of torchvision's FCOS.
 
-1. The "own" dataset is made with fcoslab's generator (``fcoslab.datasets.make_shapes``) with other
+1. The "own" dataset is made with fcoslab's generator (``fcoslab.data.make_shapes``) with other
    arguments than the preset's set (4608/128 images of 128 px, seed 0, smallest side 12%): by default
    600 train and 150 val images of 160 px, seed 7, smallest object side 10% (16 px). It is written to
    ``--out-dir`` and reused when the json files there carry the same generator arguments.
 2. fcoslab is trained as a user would: the ``shapes`` preset plus the four data paths (which also turn
-   the preset's shapes generation off) and ``train.amp=off`` (float32), through ``fcoslab.train.train``.
+   the preset's shapes generation off) and ``train.amp=off`` (float32), through ``fcoslab.engine.trainer.train``.
    ``--fcoslab-set`` adds overrides (for smoke runs). T is the wall time of the whole ``train()`` call
    (``time.perf_counter``): model and data set-up, training, the per-epoch evaluations and checkpoints.
    The AP reported is that of the last epoch (the model the user is left with). The preset resizes
    every image to 128 px (``data.min_size``, ``data.test_min_size``); it is kept so.
 3. torchvision's FCOS trains on the same data for T seconds of training alone (its image loading before
    the clock starts and its one evaluation afterwards are not counted), then is evaluated once on the
-   val set with the same COCO evaluation (``fcoslab.evaluate.coco_evaluate`` on the val json as
+   val set with the same COCO evaluation (``fcoslab.evaluation.coco.coco_evaluate`` on the val json as
    ``read_coco_json`` reads it). The model, what a competent user would build for 160 px images on a CPU
    without pretrained weights (nothing is downloaded):
 
@@ -79,11 +79,11 @@ from torchvision.transforms.functional import pil_to_tensor
 
 import fcoslab
 from fcoslab.config import load_config, parse_overrides
-from fcoslab.datasets import make_shapes, read_coco_json
-from fcoslab.datasets.shapes import generator_key
-from fcoslab.evaluate import STAT_NAMES, coco_evaluate
-from fcoslab.train import train
-from fcoslab.inference import cpu_name
+from fcoslab.data import make_shapes, read_coco_json
+from fcoslab.data.synthetic.shapes import generator_key
+from fcoslab.evaluation.coco import STAT_NAMES, coco_evaluate
+from fcoslab.engine.trainer import train
+from fcoslab.inference.predictor import cpu_name
 
 SEED = 0
 TV_BATCH = 16
@@ -200,7 +200,7 @@ def torchvision_fcos(num_classes: int, image_size: int, kind: str = "r18") -> FC
         from torchvision.models.detection.fcos import FCOSHead
 
         from fcoslab.config import load_config
-        from fcoslab.model import build_resnet
+        from fcoslab.modeling.model import build_resnet
 
         cfg = load_config("shapes")
         width, channels, size = cfg.model.backbone_width, cfg.model.fpn_channels, cfg.data.max_size

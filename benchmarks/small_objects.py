@@ -25,11 +25,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fcoslab.config import load_config  # noqa: E402
-from fcoslab.datasets import make_shapes, read_coco_json  # noqa: E402
-from fcoslab.evaluate import coco_evaluate, to_coco_results  # noqa: E402
-from fcoslab.inference import Predictor, cpu_name  # noqa: E402
-from fcoslab.tiling import predict_tiled  # noqa: E402
-from fcoslab.train import train  # noqa: E402
+from fcoslab.data import make_shapes, read_coco_json  # noqa: E402
+from fcoslab.evaluation.coco import coco_evaluate, to_coco_results  # noqa: E402
+from fcoslab.inference.predictor import Predictor, cpu_name  # noqa: E402
+from fcoslab.inference.tiling import predict_tiled  # noqa: E402
+from fcoslab.engine.trainer import train  # noqa: E402
 
 KEYS = ("AP", "AP50", "APs", "APm", "APl")
 

@@ -14,11 +14,11 @@ import time
 import torch
 
 from fcoslab.config import list_presets, load_config
-from fcoslab.datasets import resized_shape
-from fcoslab.loss import FCOSCriterion
-from fcoslab.model import build_model
-from fcoslab.inference import choose_precision, resolve_device
-from fcoslab.train import make_optimizer
+from fcoslab.data import resized_shape
+from fcoslab.modeling.loss import FCOSCriterion
+from fcoslab.modeling.model import build_model
+from fcoslab.inference.predictor import choose_precision, resolve_device
+from fcoslab.engine.trainer import make_optimizer
 
 
 def sync(device: torch.device) -> None:
@@ -52,7 +52,7 @@ def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dic
 
     @torch.no_grad()
     def infer_step():
-        from fcoslab.decode import decode
+        from fcoslab.modeling.decode import decode
 
         with ctx():
             out = model(images)

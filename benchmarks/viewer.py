@@ -12,8 +12,8 @@ import time
 
 from PIL import Image
 
-from fcoslab.predict import Predictor
-from fcoslab.viewer import PredictionViewer
+from fcoslab.inference.predict import Predictor
+from fcoslab.viz.viewer import PredictionViewer
 
 
 def main() -> int:

@@ -78,11 +78,11 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fcoslab import ops
 from fcoslab.config import Config, load_config
-from fcoslab.datasets.transforms import pad_targets
-from fcoslab.inference import (Precision, choose_precision, cpu_name, inference_layout, predict_batches,
+from fcoslab.data.transforms import pad_targets
+from fcoslab.inference.predictor import (Precision, choose_precision, cpu_name, inference_layout, predict_batches,
                                resolve_device, training_layout)
-from fcoslab.loss import FCOSCriterion
-from fcoslab.model import build_model
+from fcoslab.modeling.loss import FCOSCriterion
+from fcoslab.modeling.model import build_model
 
 SEED = 0
 WARMUP = 2

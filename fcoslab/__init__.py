@@ -15,8 +15,8 @@ docstring)::
 
 ``load_config``, :class:`Predictor`, ``evaluate`` and ``read_history`` are imported on first use (PEP 562),
 so ``import fcoslab`` loads neither torch nor any module. ``fcoslab.train`` and ``fcoslab.evaluate`` are
-these functions even once their modules are imported; the modules themselves are reached with
-``from fcoslab.train import Trainer`` or ``from fcoslab.evaluate import coco_evaluate``.
+these functions; no submodule has their names (the modules are :mod:`fcoslab.engine.trainer` and
+:mod:`fcoslab.evaluation.coco`).
 
 Conventions used in every module
 --------------------------------
@@ -29,26 +29,27 @@ Dimension legend (used in docstrings and shape comments):
     P  points over all levels     M  ground-truth boxes per image (padded)
     K  classes                    N  detections
 
-Layout: :mod:`fcoslab.config` (frozen dataclasses, presets), :mod:`fcoslab.datasets` (COCO loading,
-shapes generator, transforms), :mod:`fcoslab.model` (ResNet + FPN + head), :mod:`fcoslab.ops`
-(nms, batched_nms, sigmoid_focal_loss, fcos_assign with torch and CuPy backends),
-:mod:`fcoslab.targets`, :mod:`fcoslab.loss`, :mod:`fcoslab.decode`, :mod:`fcoslab.evaluate`,
-:mod:`fcoslab.train`, :mod:`fcoslab.predict`, :mod:`fcoslab.cli`.
+Layout, in the order data flows (a package imports only those before it; tests/test_layout.py):
+the top-level helpers :mod:`fcoslab.errors`, :mod:`fcoslab.files`, :mod:`fcoslab.boxes`, :mod:`fcoslab.draw`,
+:mod:`fcoslab.distributed`, :mod:`fcoslab.runfolder`; :mod:`fcoslab.config` (frozen dataclasses, presets);
+:mod:`fcoslab.data` (annotation formats, generated sets, transforms, loading) and :mod:`fcoslab.ops` (nms,
+batched_nms, sigmoid_focal_loss, fcos_assign with torch and CuPy backends); :mod:`fcoslab.modeling` (points,
+ResNet + FPN + head, targets, loss, decode); :mod:`fcoslab.inference` (predictor, tiling, ONNX export);
+:mod:`fcoslab.evaluation` (COCO and VOC metrics, error analysis, comparisons); :mod:`fcoslab.engine`
+(training); :mod:`fcoslab.viz` (plots, viewer); :mod:`fcoslab.apps` (the command line, notebooks).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 from .errors import FcoslabError
 
 __version__ = "0.1.0"
 __all__ = ["load_config", "train", "evaluate", "Predictor", "read_history", "FcoslabError"]
 
-_LAZY = {"load_config": "config", "evaluate": "evaluate", "Predictor": "inference", "read_history": "runfolder"}
-_SHADOWED = ("train", "evaluate")  # API functions named like their modules
+_LAZY = {"load_config": "config", "evaluate": "evaluation.coco", "Predictor": "inference.predictor",
+         "read_history": "runfolder"}
 
 
 def train(cfg, out, resume: bool = False, resume_overrides=None, **kwargs) -> list[dict]:
@@ -57,7 +58,7 @@ def train(cfg, out, resume: bool = False, resume_overrides=None, **kwargs) -> li
 
     ``resume=True`` continues the run saved in ``out`` with its own config (``cfg`` is then None) and
     ``resume_overrides`` such as ``{"train.epochs": 24}``. Other keyword arguments go to
-    :class:`fcoslab.train.Trainer`: ``progress`` (a progress bar), ``on_step`` and ``on_eval`` (callbacks
+    :class:`fcoslab.engine.trainer.Trainer`: ``progress`` (a progress bar), ``on_step`` and ``on_eval`` (callbacks
     given each step's and each evaluation's record).
 
     Example::
@@ -68,7 +69,7 @@ def train(cfg, out, resume: bool = False, resume_overrides=None, **kwargs) -> li
         print(history[-1]["AP"])
         fcoslab.train(None, "runs/try", resume=True, resume_overrides={"train.epochs": 4})
     """
-    from .train import train as train_run
+    from .engine.trainer import train as train_run
 
     return train_run(cfg, out, resume=resume, resume_overrides=resume_overrides, **kwargs)
 
@@ -84,16 +85,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
-
-class _Package(types.ModuleType):
-    """The package's module type: importing the submodule ``fcoslab.train`` (or ``fcoslab.evaluate``)
-    would bind the package attribute of that name to the module, replacing the API function; it keeps
-    the function (the module stays in ``sys.modules``, where ``from fcoslab.train import ...`` finds it)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -8,7 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     """A tiny shapes dataset shared by the tests (24 train, 8 val images of 64 px)."""
-    from fcoslab.datasets import make_shapes
+    from fcoslab.data import make_shapes
 
     out = tmp_path_factory.mktemp("shapes")
     make_shapes(out, train=24, val=8, image_size=64, seed=1)

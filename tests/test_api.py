@@ -22,13 +22,13 @@ def test_each_name_imports_from_fcoslab_with_a_docstring_example(name):
 
 
 def test_train_and_evaluate_stay_functions_once_their_modules_are_imported():
-    from fcoslab.evaluate import coco_evaluate  # noqa: F401  (binds nothing on the package)
-    from fcoslab.train import Trainer  # noqa: F401
-    import fcoslab.evaluate  # noqa: F401
+    from fcoslab.evaluation.coco import coco_evaluate  # noqa: F401  (binds nothing on the package)
+    from fcoslab.engine.trainer import Trainer  # noqa: F401
+    import fcoslab.evaluation.coco  # noqa: F401
 
     assert inspect.isfunction(fcoslab.train) and inspect.isfunction(fcoslab.evaluate)
     assert list(inspect.signature(fcoslab.evaluate).parameters)[:3] == ["run", "ann_file", "image_dir"]
-    assert sys.modules["fcoslab.train"].Trainer is Trainer
+    assert sys.modules["fcoslab.engine.trainer"].Trainer is Trainer
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         fcoslab.nothing  # noqa: B018
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fcoslab import ops
-from fcoslab.points import make_points
-from fcoslab.targets import centerness_target, fcos_targets, point_regress_ranges
+from fcoslab.modeling.points import make_points
+from fcoslab.modeling.targets import centerness_target, fcos_targets, point_regress_ranges
 from fcoslab.config import AssignConfig
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fcoslab.bootstrap import (METRICS, interval, match_tables, paired_p_value, resample_weights, weighted_ap)
+from fcoslab.evaluation.bootstrap import (METRICS, interval, match_tables, paired_p_value, resample_weights, weighted_ap)
 
 
 def synthetic(seed=0, images=12, categories=3):

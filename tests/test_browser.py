@@ -23,9 +23,9 @@ def _need(condition: bool, why: str) -> None:
 
 @pytest.fixture
 def lab(tmp_path, shapes_dir):
-    from fcoslab import browser
+    from fcoslab.apps import browser
     from fcoslab.config import load_config
-    from fcoslab.train import train
+    from fcoslab.engine.trainer import train
 
     run = tmp_path / "run"
     train(load_config("shapes", tiny_overrides(shapes_dir)), run, progress=False)
@@ -36,7 +36,7 @@ def lab(tmp_path, shapes_dir):
 
 
 def test_viewer_in_jupyterlab(lab, tmp_path):
-    from fcoslab import browser
+    from fcoslab.apps import browser
 
     _need(Path(browser.CHROMIUM).exists(), "Debian's chromium is not installed (apt-get install chromium)")
     _need(importlib.util.find_spec("playwright") is not None, "playwright is not installed (pip install playwright)")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from helpers import set_args, tiny_overrides
-from fcoslab.cli import main
+from fcoslab.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_evaluate_per_class_voc_and_analysis(trained_run, shapes_dir, tmp_path, 
 
 
 def test_evaluate_equals_the_history_of_the_checkpoint(trained_run, tmp_path):
-    from fcoslab.evaluate import STAT_NAMES, evaluate_checkpoint
+    from fcoslab.evaluation.coco import STAT_NAMES, evaluate_checkpoint
 
     history = json.loads((trained_run / "history.json").read_text())
     stats = evaluate_checkpoint(trained_run).stats

@@ -1,4 +1,4 @@
-"""COCOeval's IoU, matching and 101-point AP at one IoU (fcoslab.coco_ap) against pycocotools itself: the
+"""COCOeval's IoU, matching and 101-point AP at one IoU (fcoslab.evaluation.coco_ap) against pycocotools itself: the
 same IoU floats, the same per-class AP50 on random cases with crowd boxes, tied scores and more than 100
 detections in an image, and hand cases for the rules that decide ties."""
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from fcoslab.coco_ap import (COCO_RECALLS, DROPPED, coco_average_precision, coco_class_aps, coco_iou, coco_match,
+from fcoslab.evaluation.coco_ap import (COCO_RECALLS, DROPPED, coco_average_precision, coco_class_aps, coco_iou, coco_match,
                              coco_positives)
-from fcoslab.evaluate import coco_evaluate
-from fcoslab.voc_metrics import FP, IGNORED, TP, mean_ignoring_nan, read_coco
+from fcoslab.evaluation.coco import coco_evaluate
+from fcoslab.evaluation.voc import FP, IGNORED, TP, mean_ignoring_nan, read_coco
 
 CATS = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "bird"}]
 

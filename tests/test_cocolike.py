@@ -8,9 +8,9 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as F
 
-from fcoslab.datasets import CocoDetection, make_cocolike, read_image, read_pixels
-from fcoslab.datasets.coco import decode_plain_jpeg, make_sample
-from fcoslab.datasets.cocolike import (COCO_CATEGORY_IDS, FILL, SHAPES, class_frequencies, draw_shape,
+from fcoslab.data import CocoDetection, make_cocolike, read_image, read_pixels
+from fcoslab.data.formats.coco import decode_plain_jpeg, make_sample
+from fcoslab.data.synthetic.cocolike import (COCO_CATEGORY_IDS, FILL, SHAPES, class_frequencies, draw_shape,
                                        sample_objects)
 from fcoslab.errors import FcoslabError
 
@@ -162,7 +162,7 @@ def test_items_equal_those_made_from_pil(cocolike_dir):
 
 
 def test_make_cocolike_command(tmp_path, capsys):
-    from fcoslab.cli import main
+    from fcoslab.apps.cli import main
 
     assert main(["make-cocolike", str(tmp_path / "c"), "--train", "2", "--val", "1", "--classes", "10"]) == 0
     assert "wrote 2 train and 1 val images" in capsys.readouterr().out
@@ -172,8 +172,8 @@ def test_make_cocolike_command(tmp_path, capsys):
 
 
 def test_cocolike_of_mixed_sizes(tmp_path):
-    from fcoslab.cli import main
-    from fcoslab.datasets.cocolike import MIXED_SIZES, parse_sizes
+    from fcoslab.apps.cli import main
+    from fcoslab.data.synthetic.cocolike import MIXED_SIZES, parse_sizes
 
     assert parse_sizes("mixed") == MIXED_SIZES and parse_sizes("160x120,120X160") == ((160, 120), (120, 160))
     with pytest.raises(FcoslabError, match="WIDTHxHEIGHT"):

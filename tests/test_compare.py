@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from fcoslab import ablate
-from fcoslab.cli import main
+from fcoslab.engine import ablate
+from fcoslab.apps.cli import main
 from fcoslab.runfolder import read_history
 from helpers import set_args
 

@@ -96,13 +96,13 @@ def test_data_paths_nobody_gave_are_the_projects(tmp_path, monkeypatch):
 
 
 def test_every_key_is_documented_and_docs_config_md_is_current(capsys):
-    from fcoslab.cli import main
-    from fcoslab.config_docs import config_markdown, explain
+    from fcoslab.apps.cli import main
+    from fcoslab.config.docs import config_markdown, explain
 
     undocumented = [r["key"] for r in explain() if not r["meaning"]]
-    assert not undocumented, f"write a comment with these fields in fcoslab/config.py: {undocumented}"
+    assert not undocumented, f"write a comment with these fields in fcoslab/config/core.py: {undocumented}"
     docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-    assert docs.read_text() == config_markdown(), "regenerate: python -m fcoslab.config_docs > docs/config.md"
+    assert docs.read_text() == config_markdown(), "regenerate: python -m fcoslab.config.docs > docs/config.md"
     assert main(["config", "shapes", "--set", "train.epochs=3", "--explain"]) == 0
     text = capsys.readouterr().out
     assert "* train.epochs = 3   [int, default 12]  length of the run" in text

@@ -1,4 +1,4 @@
-"""Converters of VOC, YOLO and list annotations to COCO (fcoslab.datasets.voc, yolo, boxlist) and the
+"""Converters of VOC, YOLO and list annotations to COCO (fcoslab.data.formats.voc, yolo, boxlist) and the
 ``convert`` and ``check-data --format`` commands.
 
 Each format is written from the shapes set's COCO file by the small writers below (they stand for other
@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from helpers import tiny_overrides
-from fcoslab.cli import main
-from fcoslab.datasets import (SHAPES_CLASSES, VOC_CLASSES, CocoDetection, list_to_coco, read_coco_json,
+from fcoslab.apps.cli import main
+from fcoslab.data import (SHAPES_CLASSES, VOC_CLASSES, CocoDetection, list_to_coco, read_coco_json,
                               read_yolo_names, voc_to_coco, yolo_to_coco)
 from fcoslab.errors import FcoslabError
 
@@ -233,7 +233,7 @@ def test_yolo_names_from_yaml_dict_list_or_text(tmp_path):
     for file, text in forms.items():
         (tmp_path / file).write_text(text)
         assert read_yolo_names(tmp_path / file) == ["ellipse", "rectangle"], file
-    from fcoslab.datasets.yolo import _names_as_list, _names_without_yaml  # the reader used without PyYAML
+    from fcoslab.data.formats.yolo import _names_as_list, _names_without_yaml  # the reader used without PyYAML
 
     for file in ("dict.yaml", "list.yaml", "block.yml"):
         parsed = _names_without_yaml((tmp_path / file).read_text(), tmp_path / file)
@@ -512,7 +512,7 @@ def test_train_and_evaluate_on_a_converted_copy(fmt, voc_copy, shapes_dir, tmp_p
 
 def test_seed_voc_preset_reads_the_converted_layout_and_makes_squares(voc_copy):
     from fcoslab.config import load_config
-    from fcoslab.datasets import CocoDetection, build_transforms
+    from fcoslab.data import CocoDetection, build_transforms
 
     cfg = load_config("seed_voc")
     assert cfg.data.train_images.endswith("data/voc") and cfg.eval.metrics == "both"

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torchvision
 
-from fcoslab import ops, ops_reference
-from fcoslab.cuda import SOURCES, compile_source
+from fcoslab import ops
+from fcoslab.ops import reference as ops_reference
+from fcoslab.ops.cuda import SOURCES, compile_source
 
 pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="cupy (the 'cuda' extra) is not installed")
 
@@ -133,8 +134,8 @@ def test_focal_loss_gradcheck_float64():
 
 
 def assign_inputs(B, M, gen, image=(800, 1344)):
-    from fcoslab.points import make_points
-    from fcoslab.targets import point_regress_ranges
+    from fcoslab.modeling.points import make_points
+    from fcoslab.modeling.targets import point_regress_ranges
 
     sizes = [((image[0] + s - 1) // s, (image[1] + s - 1) // s) for s in (8, 16, 32, 64, 128)]
     points, strides = make_points(sizes, (8, 16, 32, 64, 128), 0.5, "cuda")
@@ -166,7 +167,7 @@ def test_assign_matches_reference(radius, B, M):
 def test_auto_backend_uses_kernels_on_cuda(monkeypatch):
     assert ops.backends()["cupy"] == "available"
     calls = []
-    import fcoslab.cuda as kernels
+    import fcoslab.ops.cuda as kernels
 
     real = kernels.nms
     monkeypatch.setattr(kernels, "nms", lambda *a: calls.append(1) or real(*a))
@@ -182,7 +183,7 @@ def test_auto_backend_uses_kernels_on_cuda(monkeypatch):
 def test_training_step_on_gpu_with_kernels(tmp_path, shapes_dir):
     from helpers import tiny_overrides
     from fcoslab.config import load_config
-    from fcoslab.train import train
+    from fcoslab.engine.trainer import train
 
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"train.device": "cuda"}))
     history = train(cfg, tmp_path / "run", progress=False)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fcoslab.config import load_config
-from fcoslab.datasets import (CocoDetection, EpochBatchSampler, build_transforms, check_coco_dict, collate,
+from fcoslab.data import (CocoDetection, EpochBatchSampler, build_transforms, check_coco_dict, collate,
                               make_shapes, read_coco_json, read_image)
 from fcoslab.errors import FcoslabError
 
@@ -149,7 +149,7 @@ def test_epoch_sampler_splits_batches_over_ranks():
 
 
 def ensure(cfg):
-    from fcoslab.datasets import ensure_shapes
+    from fcoslab.data import ensure_shapes
 
     ensure_shapes(cfg.data, cfg.shapes)
 

@@ -6,7 +6,7 @@ import torch
 
 from fcoslab.config import load_config
 from fcoslab.runfolder import RunFolder
-from fcoslab.train import train
+from fcoslab.engine.trainer import train
 from helpers import tiny_overrides
 
 

@@ -63,7 +63,7 @@ def test_two_processes_equal_one_process_with_the_whole_batch(shapes_dir, tmp_pa
 
 def test_losses_normalise_by_the_global_number_of_positives():
     from fcoslab.config import LossConfig
-    from fcoslab.loss import fcos_loss
+    from fcoslab.modeling.loss import fcos_loss
 
     torch.manual_seed(0)
     P, K = 30, 3

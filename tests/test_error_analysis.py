@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tidecv
 
-from fcoslab.error_analysis import ERROR_TYPES, SPECIAL_ERRORS, confusion_matrix, error_breakdown
-from fcoslab.evaluate import coco_evaluate
+from fcoslab.evaluation.errors import ERROR_TYPES, SPECIAL_ERRORS, confusion_matrix, error_breakdown
+from fcoslab.evaluation.coco import coco_evaluate
 
 CATS = [{"id": i, "name": n} for i, n in enumerate(("cat", "dog", "bird", "horse", "sheep"), start=1)]
 CAT, DOG, BIRD, HORSE, SHEEP = 1, 2, 3, 4, 5

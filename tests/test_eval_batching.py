@@ -1,4 +1,4 @@
-"""Evaluation batches images of one padded size only (fcoslab.datasets.batching): an image's detections do
+"""Evaluation batches images of one padded size only (fcoslab.data.batching): an image's detections do
 not depend on train.eval_batch_size, on the number of processes, or on the images batched with it."""
 
 import json
@@ -10,13 +10,13 @@ from PIL import Image
 
 import fcoslab.distributed
 from fcoslab.config import load_config
-from fcoslab.datasets import (CocoDetection, ResizeShortest, build_transforms, collate_by_padded_size, eval_image_shape,
+from fcoslab.data import (CocoDetection, ResizeShortest, build_transforms, collate_by_padded_size, eval_image_shape,
                               padded_shape, planned_padded_shapes, size_grouped_batches)
-from fcoslab.datasets.coco import make_sample
-from fcoslab.evaluate import evaluate_model, merge_shards, predict_dataset, to_coco_results
-from fcoslab.inference import (BatchInvariantConv2d, BatchInvariantGroupNorm, Precision, batch_invariant_layers,
+from fcoslab.data.formats.coco import make_sample
+from fcoslab.evaluation.coco import evaluate_model, merge_shards, predict_dataset, to_coco_results
+from fcoslab.inference.predictor import (BatchInvariantConv2d, BatchInvariantGroupNorm, Precision, batch_invariant_layers,
                                inference_layout, native_cpu_bf16)
-from fcoslab.model import build_model
+from fcoslab.modeling.model import build_model
 from helpers import torchvision_fcos
 
 CPU, FLOAT32 = torch.device("cpu"), Precision(None, "train.amp=off")
@@ -190,7 +190,7 @@ def test_a_group_norm_gives_each_image_the_result_it_has_in_any_batch(size):
 
 
 def test_folded_convolutions_stay_folded_and_become_batch_invariant(mixed):
-    from fcoslab.model import _ConvThenFrozenBN
+    from fcoslab.modeling.model import _ConvThenFrozenBN
 
     model = mixed[0]
     folded = [m for m in model.modules() if isinstance(m, _ConvThenFrozenBN)]
@@ -210,8 +210,8 @@ def test_folded_convolutions_stay_folded_and_become_batch_invariant(mixed):
 def test_imported_torchvision_batched_equals_torchvision_one_image_at_a_time(tmp_path):
     from torchvision.transforms.v2 import functional as F
 
-    from fcoslab.import_torchvision import import_torchvision
-    from fcoslab.inference import Predictor
+    from fcoslab.inference.torchvision_import import import_torchvision
+    from fcoslab.inference.predictor import Predictor
 
     tv = torchvision_fcos(min_size=96, max_size=200)
     torch.save(tv.state_dict(), tmp_path / "fcos.pth")

@@ -9,9 +9,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fcoslab.config import config_from_dict, load_config
-from fcoslab.datasets import CocoIndex, check_coco_dict
+from fcoslab.data import CocoIndex, check_coco_dict
 from fcoslab.errors import FcoslabError
-from fcoslab.evaluate import STAT_NAMES, coco_evaluate, per_class_ap, score_results, summary_text, to_coco_results
+from fcoslab.evaluation.coco import STAT_NAMES, coco_evaluate, per_class_ap, score_results, summary_text, to_coco_results
 
 
 def gt_dict():
@@ -50,7 +50,7 @@ def test_perfect_detections_score_one_and_match_pycocotools(tmp_path):
 
 
 def test_evaluation_stats_is_the_documented_dict():
-    from fcoslab.evaluate import Evaluation
+    from fcoslab.evaluation.coco import Evaluation
 
     evaluation = score_results(gt_dict(), perfect_detections(), ["a", "b"], "coco")
     assert isinstance(evaluation.stats, dict) and list(evaluation.stats) == list(STAT_NAMES)
@@ -195,8 +195,8 @@ def test_faster_backend_without_the_package_says_how_to_install(monkeypatch):
 
 
 def test_per_class_table_without_detections_is_zero_where_there_is_ground_truth():
-    from fcoslab.analysis import per_class_table
-    from fcoslab.evaluate import score_results
+    from fcoslab.evaluation.reports import per_class_table
+    from fcoslab.evaluation.coco import score_results
 
     gt = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
           "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0}],

@@ -15,12 +15,13 @@ from PIL import Image
 from helpers import ROOT, tiny_overrides
 
 
-from fcoslab import export, onnx_check  # noqa: E402
-from fcoslab.cli import main  # noqa: E402
+from fcoslab.inference.onnx import export  # noqa: E402
+from fcoslab.inference.onnx import check as onnx_check  # noqa: E402
+from fcoslab.apps.cli import main  # noqa: E402
 from fcoslab.config import load_config  # noqa: E402
 from fcoslab.errors import FcoslabError  # noqa: E402
-from fcoslab.export import OnnxPredictor, export_onnx, sample_input, traceable_decode  # noqa: E402
-from fcoslab.inference import Predictor, training_layout  # noqa: E402
+from fcoslab.inference.onnx.export import OnnxPredictor, export_onnx, sample_input, traceable_decode  # noqa: E402
+from fcoslab.inference.predictor import Predictor, training_layout  # noqa: E402
 
 # Padding to 32 and a longer side up to 128 px: images of other aspects get inputs of other sizes.
 RUN_OVERRIDES = {"model.pad_multiple": 32, "data.max_size": 128}
@@ -29,7 +30,7 @@ RUN_OVERRIDES = {"model.pad_multiple": 32, "data.max_size": 128}
 @pytest.fixture(scope="module")
 def run_dir(shapes_dir, tmp_path_factory):
     """A tiny shapes run trained one epoch (a few seconds): real detections of spread scores."""
-    from fcoslab.train import train
+    from fcoslab.engine.trainer import train
 
     out = tmp_path_factory.mktemp("export") / "run"
     train(load_config("shapes", tiny_overrides(shapes_dir, **RUN_OVERRIDES)), out, progress=False)
@@ -63,7 +64,7 @@ def preprocess_file(run_dir, tmp_path_factory):
 
 def save_untrained_run(shapes_dir, path, **overrides):
     """An untrained run saved by hand, with a spread classifier so that it detects."""
-    from fcoslab.model import build_model
+    from fcoslab.modeling.model import build_model
     from fcoslab.runfolder import RunFolder
 
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **RUN_OVERRIDES, **overrides))
@@ -123,7 +124,7 @@ def test_static_export_equals_torch(run_dir, tmp_path):
 
 
 def test_dynamic_export_takes_any_batch_and_size(run_dir, dynamic_files):
-    from fcoslab.points import level_sizes, make_points
+    from fcoslab.modeling.points import level_sizes, make_points
 
     session = ort_session(dynamic_files["network"])
     model, cfg = torch_model(run_dir)
@@ -142,7 +143,7 @@ def test_dynamic_export_takes_any_batch_and_size(run_dir, dynamic_files):
 
 @pytest.mark.parametrize("agnostic, max_det", [(False, 50), (True, 7)])
 def test_traceable_decode_equals_decode(run_dir, agnostic, max_det):
-    from fcoslab.decode import decode
+    from fcoslab.modeling.decode import decode
 
     model, cfg = torch_model(run_dir)
     cfg = cfg.replace(**{"decode.class_agnostic_nms": agnostic, "decode.max_detections": max_det})
@@ -296,7 +297,7 @@ def test_every_file_carries_the_deployment_contract(run_dir, dynamic_files, prep
 def test_dynamic_file_pads_a_short_input_itself(run_dir, dynamic_files):
     """The issue's case: a 56x128 input (the image as resized, unpadded) and a 60x128 one give the outputs of
     their padding to 64x128, which alone gives fcoslab's scores (the network sees the padding)."""
-    from fcoslab.decode import decode
+    from fcoslab.modeling.decode import decode
 
     model, cfg = torch_model(run_dir)
     padded = sample_input(64, 128, cfg, seed=3)  # blobs on the top 56 rows, zeros below
@@ -328,7 +329,7 @@ def assert_predictor_equals(onnx_predictor, predictor, images):
     """Same detections as fcoslab (one image at a time, as ``fcoslab predict``): to 1e-3 px and 1e-5 for images
     that evaluation does not resize, paired up (:func:`assert_close_after_resize`) for resized ones.
     Returns the (h, w) of the inputs seen and the resized ones' largest differences."""
-    from fcoslab.onnx_preprocess import eval_input_size
+    from fcoslab.inference.onnx.preprocess import eval_input_size
 
     sizes, worst = set(), {"resized boxes": 0.0, "resized scores": 0.0}
     for image in images:
@@ -380,7 +381,7 @@ def test_with_preprocess_follows_other_evaluation_transforms(run_dir, tmp_path, 
 def test_a_wrong_resize_in_the_graph_fails_the_export(run_dir, tmp_path, monkeypatch):
     """The check compares the graph's preprocessing with fcoslab's: ONNX Resize without exclude_outside (its
     default) is off by more than one level at the borders, and nothing is written."""
-    from fcoslab.onnx_preprocess import _Resize
+    from fcoslab.inference.onnx.preprocess import _Resize
 
     def without_exclude_outside(g, pixels, size, antialias):
         sizes = g.op("Concat", g.op("Constant", value_t=torch.tensor([1, 3])), size, axis_i=0)

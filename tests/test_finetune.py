@@ -8,9 +8,9 @@ import torch
 from helpers import tiny_overrides, torchvision_fcos
 from fcoslab.config import load_config
 from fcoslab.errors import FcoslabError
-from fcoslab.finetune import apply_freeze, class_rows, init_from
-from fcoslab.model import build_model
-from fcoslab.train import Trainer
+from fcoslab.modeling.finetune import apply_freeze, class_rows, init_from
+from fcoslab.modeling.model import build_model
+from fcoslab.engine.trainer import Trainer
 
 
 def test_class_rows_by_name_and_by_map():
@@ -96,7 +96,7 @@ def test_backbone_frozen_for_one_epoch_then_trained(shapes_dir, tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuning_an_imported_torchvision_fcos_on_new_classes(shapes_dir, tmp_path):
-    from fcoslab.import_torchvision import import_torchvision
+    from fcoslab.inference.torchvision_import import import_torchvision
 
     weights = tmp_path / "tv.pth"
     torch.save(torchvision_fcos().state_dict(), weights)

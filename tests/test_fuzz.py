@@ -6,7 +6,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fcoslab.datasets import check_coco_dict, read_coco_json
+from fcoslab.data import check_coco_dict, read_coco_json
 from fcoslab.errors import FcoslabError
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True),

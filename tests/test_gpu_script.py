@@ -39,7 +39,7 @@ def one_thread():
 def micro(tmp_path_factory) -> str:
     """The shapes preset with a network a few times smaller (width 8, 16 FPN channels, one head conv), so
     that a step takes milliseconds on a shared 2-core CPU: these tests check the plumbing, not figures."""
-    tree = json.loads((ROOT / "fcoslab" / "presets" / "shapes.json").read_text())
+    tree = json.loads((ROOT / "fcoslab" / "config" / "presets" / "shapes.json").read_text())
     tree["model"].update({"backbone_width": 8, "fpn_channels": 16, "head_convs": 1})
     path = tmp_path_factory.mktemp("micro") / "micro.json"
     path.write_text(json.dumps(tree))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcoslab.cli import main
-from fcoslab.datasets import image_problem
+from fcoslab.apps.cli import main
+from fcoslab.data import image_problem
 
 
 def jpeg_bytes(size=(64, 48), seed=0) -> bytes:

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from fcoslab.errors import FcoslabError
-from fcoslab.import_torchvision import coco_category_names, import_torchvision
-from fcoslab.inference import Predictor
+from fcoslab.inference.torchvision_import import coco_category_names, import_torchvision
+from fcoslab.inference.predictor import Predictor
 from helpers import torchvision_fcos
 
 SIZES = {"data.test_min_size": 320, "data.max_size": 512}  # both pipelines at the same, smaller size
@@ -73,7 +73,7 @@ def test_a_foreign_file_is_refused_by_name(tmp_path):
 def test_command_line_import_then_predict_and_a_foreign_dataset(imported, shapes_dir, tmp_path, capsys):
     import json
 
-    from fcoslab.cli import main
+    from fcoslab.apps.cli import main
 
     tv, _ = imported
     weights = tmp_path / "fcos.pth"
@@ -99,7 +99,7 @@ def test_command_line_import_then_predict_and_a_foreign_dataset(imported, shapes
 def test_notebook_05_opens_an_imported_run(imported, shapes_dir, tmp_path):
     import json
 
-    from fcoslab.notebooks import execute_notebook, notebook_paths
+    from fcoslab.apps.notebooks import execute_notebook, notebook_paths
 
     _, run = imported  # its validation set is COCO's, not on this machine: the notebook shows MY_IMAGES
     files = [str(p) for p in sorted((shapes_dir / "val").glob("*.png"))[:3]]

@@ -5,8 +5,8 @@ import logging
 import pytest
 import torch
 
-from fcoslab import inference
-from fcoslab.inference import choose_precision, native_cpu_bf16
+from fcoslab.inference import predictor as inference
+from fcoslab.inference.predictor import choose_precision, native_cpu_bf16
 
 CPU = torch.device("cpu")
 
@@ -72,7 +72,7 @@ def test_native_bf16_needs_the_cpu_flag(monkeypatch):
 def test_training_logs_its_precision(shapes_dir, tmp_path, caplog, cpu_without_bf16):
     from helpers import tiny_overrides
     from fcoslab.config import load_config
-    from fcoslab.train import Trainer
+    from fcoslab.engine.trainer import Trainer
 
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"train.amp": "auto"}))
     with caplog.at_level(logging.INFO, logger="fcoslab"):
@@ -100,7 +100,7 @@ def test_a_missing_run_says_how_to_make_one(tmp_path, monkeypatch):
 
 def test_a_wrong_device_names_where_it_came_from():
     from fcoslab.errors import FcoslabError
-    from fcoslab.inference import resolve_device
+    from fcoslab.inference.predictor import resolve_device
 
     with pytest.raises(FcoslabError, match=r"device \(--device\) is 'gpu': expected auto, cpu, cuda or cuda:N"):
         resolve_device("gpu", "device (--device)")

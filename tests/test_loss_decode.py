@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from fcoslab.config import DecodeConfig, load_config
-from fcoslab.datasets import pad_targets
-from fcoslab.decode import decode
-from fcoslab.loss import FCOSCriterion
-from fcoslab.model import build_model
-from fcoslab.points import level_sizes, make_points
+from fcoslab.data import pad_targets
+from fcoslab.modeling.decode import decode
+from fcoslab.modeling.loss import FCOSCriterion
+from fcoslab.modeling.model import build_model
+from fcoslab.modeling.points import level_sizes, make_points
 
 
 def small_model(**over):

@@ -7,7 +7,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from fcoslab.config import load_config
 from fcoslab.errors import FcoslabError
-from fcoslab.model import Backbone, build_model, load_pretrained_backbone
+from fcoslab.modeling.model import Backbone, build_model, load_pretrained_backbone
 
 
 def _randomise_frozen_bn(module, seed=0):
@@ -128,8 +128,8 @@ def test_strides_choose_the_pyramid_levels_and_train_a_step(strides):
     assert out["cls_logits"].shape[1] == sum((128 // s) ** 2 for s in strides)
     assert (model.fpn.p7 is None) == (128 not in strides) and (model.fpn.p6 is None) == (64 not in strides)
     assert len(model.head.scales) == len(strides) and len(model.fpn.lateral) == (4 if strides[0] == 4 else 3)
-    from fcoslab.decode import decode
-    from fcoslab.loss import FCOSCriterion
+    from fcoslab.modeling.decode import decode
+    from fcoslab.modeling.loss import FCOSCriterion
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     terms, stats = FCOSCriterion(cfg.assign, cfg.loss)(out, torch.tensor([[[10.0, 10.0, 90.0, 70.0]]] * 2),

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from helpers import tiny_overrides
-from fcoslab.notebooks import execute_notebook, notebook_paths
+from fcoslab.apps.notebooks import execute_notebook, notebook_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_parameters_go_only_where_a_notebook_declares_them(tmp_path, monkeypatch
     import nbformat
     import papermill
 
-    from fcoslab import notebooks
+    from fcoslab.apps import notebooks
 
     calls = {}
     monkeypatch.setattr(papermill, "execute_notebook",

@@ -1,4 +1,4 @@
-"""Evaluation's preprocessing in traceable operations (fcoslab.onnx_preprocess): eagerly it equals the data
+"""Evaluation's preprocessing in traceable operations (fcoslab.inference.onnx.preprocess): eagerly it equals the data
 pipeline (transforms, then collate) to the bit; in onnxruntime the size rule is exact and the resize is
 within one uint8 level of torch's."""
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fcoslab.config import load_config
-from fcoslab.datasets import collate, float_pixels, resized_shape
-from fcoslab.onnx_check import reference_batch, sample_image
-from fcoslab.onnx_preprocess import Preprocess, eval_input_size, pad_to_multiple, preprocess_image
+from fcoslab.data import collate, float_pixels, resized_shape
+from fcoslab.inference.onnx.check import reference_batch, sample_image
+from fcoslab.inference.onnx.preprocess import Preprocess, eval_input_size, pad_to_multiple, preprocess_image
 
 CONFIGS = {
     "antialias": {"data.test_min_size": 64, "data.max_size": 128, "model.pad_multiple": 32},

@@ -33,7 +33,7 @@ def test_batched_nms_matches_torchvision(seed):
 @pytest.mark.parametrize("block", [1, 7 * 400, 1 << 22])
 def test_suppression_matrix_is_the_same_in_any_block_size(block):
     from fcoslab.boxes import box_iou
-    from fcoslab.ops_reference import _suppression_matrix
+    from fcoslab.ops.reference import _suppression_matrix
 
     boxes, _ = random_boxes(400, 3)
     group = torch.randint(0, 5, (400,), generator=torch.Generator().manual_seed(3))

@@ -6,9 +6,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fcoslab import analysis, plots  # noqa: E402
+from fcoslab.evaluation import reports as analysis  # noqa: E402
+from fcoslab.viz import plots  # noqa: E402
 from fcoslab.config import load_config  # noqa: E402
-from fcoslab.datasets import CocoDetection  # noqa: E402
+from fcoslab.data import CocoDetection  # noqa: E402
 from fcoslab.errors import FcoslabError  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def test_figures_have_the_expected_panels(shapes_dir):
 
 
 def test_level_names_come_from_the_strides():
-    from fcoslab.points import level_names
+    from fcoslab.modeling.points import level_names
 
     assert level_names((8, 16, 32, 64, 128)) == ["P3", "P4", "P5", "P6", "P7"]
     assert level_names((4, 8, 16, 32, 64)) == ["P2", "P3", "P4", "P5", "P6"]

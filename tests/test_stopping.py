@@ -15,8 +15,8 @@ import torch
 
 from fcoslab.config import load_config
 from fcoslab.runfolder import RunFolder
-from fcoslab.stopping import TrainingStopped
-from fcoslab.train import Trainer, train
+from fcoslab.engine.stopping import TrainingStopped
+from fcoslab.engine.trainer import Trainer, train
 from helpers import ROOT, set_args, tiny_overrides
 
 EPOCHS = {"train.epochs": 2, "train.eval_every": 1, "model.frozen_bn": True}  # 6 steps an epoch
@@ -134,7 +134,7 @@ def test_a_run_that_fails_before_its_first_save_leaves_no_folder(shapes_dir, tmp
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(shapes_dir, tmp_path):
-    from fcoslab.cli import main
+    from fcoslab.apps.cli import main
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
@@ -170,7 +170,7 @@ def test_ranks_agree_on_a_stop_and_a_checkpoint_asked_by_any_of_them(monkeypatch
     """Under torchrun each rank adds its flags to the step's one all-reduce: a signal or a due checkpoint on
     another rank stops or saves this one at the same step (here the other rank is simulated)."""
     from fcoslab import distributed as dist
-    from fcoslab.stopping import StopRequests
+    from fcoslab.engine.stopping import StopRequests
 
     trainer = Trainer.__new__(Trainer)  # only the state _agree reads
     trainer.cfg = load_config("shapes", {"train.checkpoint_minutes": 10.0})

@@ -1,4 +1,4 @@
-"""TensorBoard logging (fcoslab.tensorboard_log): which training steps reach the event file."""
+"""TensorBoard logging (fcoslab.engine.tensorboard_log): which training steps reach the event file."""
 
 import pytest
 
@@ -7,10 +7,10 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from fcoslab.config import TrainConfig, load_config  # noqa: E402
-from fcoslab.datasets import CocoDetection  # noqa: E402
+from fcoslab.data import CocoDetection  # noqa: E402
 from fcoslab.errors import FcoslabError  # noqa: E402
-from fcoslab.evaluate import Evaluation  # noqa: E402
-from fcoslab.tensorboard_log import TensorBoardLog  # noqa: E402
+from fcoslab.evaluation.coco import Evaluation  # noqa: E402
+from fcoslab.engine.tensorboard_log import TensorBoardLog  # noqa: E402
 
 
 def scalars(run_dir, tag: str) -> list[tuple[int, float]]:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fcoslab.config import DecodeConfig
-from fcoslab.tiling import merge_detections, predict_tiled, tile_windows
+from fcoslab.inference.tiling import merge_detections, predict_tiled, tile_windows
 
 
 def test_windows_cover_the_image_with_the_overlap_and_end_at_its_edges():
@@ -89,7 +89,7 @@ def test_predict_command_with_tiles(shapes_dir, tmp_path, capsys):
     import json
 
     from helpers import set_args
-    from fcoslab.cli import main
+    from fcoslab.apps.cli import main
 
     assert main(["train", "--quiet", "--out", str(tmp_path / "run"), "--set", *set_args(shapes_dir)]) == 0
     big = Image.new("RGB", (200, 150))

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from helpers import set_args, tiny_overrides
-from fcoslab.cli import main
+from fcoslab.apps.cli import main
 from fcoslab.config import load_config
 from fcoslab.errors import FcoslabError
-from fcoslab.train import Trainer
+from fcoslab.engine.trainer import Trainer
 
 
 def test_learning_rate_schedules():
-    from fcoslab.train import lr_factor
+    from fcoslab.engine.trainer import lr_factor
 
     step = load_config("shapes", {"train.warmup_iters": 10, "train.warmup_factor": 0.2, "train.lr_steps": (2, 3.5),
                                   "train.lr_gamma": 0.1, "train.epochs": 4}).train
@@ -35,7 +35,7 @@ def test_learning_rate_schedules():
 
 
 def test_warmup_fits_a_short_run():
-    from fcoslab.train import lr_factor
+    from fcoslab.engine.trainer import lr_factor
 
     short = dataclasses.replace(load_config("shapes").train, warmup_iters=200, epochs=4, lr_steps=(3,))
     assert lr_factor(20, short, 20) == 1.0  # 80 steps in all: warm-up is cut to 20 steps, the peak is reached
@@ -79,7 +79,7 @@ def test_a_failed_write_of_any_kind_leaves_the_old_file(tmp_path):
 
 
 def test_resume_keeps_model_and_optimizer():
-    from fcoslab.train import resumed_config
+    from fcoslab.engine.trainer import resumed_config
 
     saved = {"config": load_config("shapes").to_dict()}
     assert resumed_config(saved, {"train.epochs": 9}).train.epochs == 9
@@ -103,7 +103,7 @@ def test_nonfinite_losses_stop_training_and_keep_the_checkpoint(shapes_dir, tmp_
 def test_history_records_coco_voc_and_per_class_metrics_best_checkpoint_and_tensorboard(shapes_dir, tmp_path, capsys):
     import json
 
-    from fcoslab.evaluate import evaluate_checkpoint
+    from fcoslab.evaluation.coco import evaluate_checkpoint
 
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **{
         "train.epochs": 2, "eval.metrics": "both", "eval.best_metric": "voc_mAP50", "train.tensorboard": True}))

@@ -18,12 +18,12 @@ from torchvision.transforms.v2 import functional as F
 
 from fcoslab import ops
 from fcoslab.config import load_config
-from fcoslab.datasets import IMAGENET_MEAN, IMAGENET_STD, build_transforms, collate, pad_targets
-from fcoslab.import_torchvision import fcoslab_state, load_torchvision_fcos
-from fcoslab.loss import FCOSCriterion
-from fcoslab.model import build_model
-from fcoslab.points import level_sizes, make_points, point_input_size
-from fcoslab.targets import fcos_targets
+from fcoslab.data import IMAGENET_MEAN, IMAGENET_STD, build_transforms, collate, pad_targets
+from fcoslab.inference.torchvision_import import fcoslab_state, load_torchvision_fcos
+from fcoslab.modeling.loss import FCOSCriterion
+from fcoslab.modeling.model import build_model
+from fcoslab.modeling.points import level_sizes, make_points, point_input_size
+from fcoslab.modeling.targets import fcos_targets
 from helpers import torchvision_fcos
 
 STRIDES = (8, 16, 32, 64, 128)

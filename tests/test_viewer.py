@@ -9,11 +9,11 @@ import io
 
 from helpers import tiny_overrides
 from fcoslab.config import load_config
-from fcoslab.datasets import CocoDetection
-from fcoslab.predict import Predictor
-from fcoslab.train import train
-from fcoslab.predict import images_to_show
-from fcoslab.viewer import PredictionViewer, match_detections
+from fcoslab.data import CocoDetection
+from fcoslab.inference.predict import Predictor
+from fcoslab.engine.trainer import train
+from fcoslab.inference.predict import images_to_show
+from fcoslab.viz.viewer import PredictionViewer, match_detections
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_uploaded_image_is_predicted(viewer):
 
 
 def test_one_class_per_object_hand_case():
-    from fcoslab.decode import one_class_per_object
+    from fcoslab.modeling.decode import one_class_per_object
 
     det = {"boxes": torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10.5], [50, 50, 60, 60.0], [1, 1, 10, 10]]),
            "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]), "labels": torch.tensor([0, 1, 1, 2])}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fcoslab.errors import FcoslabError
-from fcoslab.evaluate import coco_evaluate
-from fcoslab.voc_metrics import (FP, IGNORED, TP, VOC07_RECALLS, average_precision, class_tp_fp, iou_matrix,
+from fcoslab.evaluation.coco import coco_evaluate
+from fcoslab.evaluation.voc import (FP, IGNORED, TP, VOC07_RECALLS, average_precision, class_tp_fp, iou_matrix,
                                  voc_match, precision_recall, read_coco, voc_evaluate)
 
 CATS = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 7, "name": "bird"}]

@@ -1,0 +1,110 @@
+"""Datasets and loaders of a config: deterministic batches that survive resume and distribution.
+
+Every sample's augmentation is seeded by (seed, epoch, index), and each epoch's order by (seed, epoch),
+so a run resumed mid-epoch, or split over processes, sees exactly the batches of an uninterrupted
+single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..config import Config
+from ..errors import FcoslabError
+from .formats.coco import CocoDetection
+from .transforms import build_transforms, collate_fn
+
+
+
+def build_datasets(cfg: Config, train_transforms: bool = True) -> tuple[CocoDetection, CocoDetection]:
+    """The training and validation datasets of a config, checked before any training starts (the
+    generated shapes set must exist already: :func:`fcoslab.data.synthetic.shapes.ensure_shapes`)."""
+    d = cfg.data
+    train = CocoDetection(d.train_ann, d.train_images, build_transforms(d, train=train_transforms),
+                          cache_images=d.cache_images)
+    val = CocoDetection(d.val_ann, d.val_images, build_transforms(d, train=False), cache_images=d.cache_images)
+    if train.index.cat_ids != val.index.cat_ids:
+        raise FcoslabError(f"{d.train_ann} and {d.val_ann} have different category ids: "
+                           f"{train.index.cat_ids} vs {val.index.cat_ids}")
+    if len(train) == 0:
+        raise FcoslabError(f"{d.train_ann} lists no images")
+    if cfg.model.num_classes and cfg.model.num_classes != train.index.num_classes:
+        raise FcoslabError(f"config key 'model.num_classes' is {cfg.model.num_classes} but {d.train_ann} has "
+                           f"{train.index.num_classes} categories")
+    return train, val
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``(index, sample_seed)`` for one process and one epoch.
+
+    The samples form one stream, pass after pass over the dataset, each pass in the order of a
+    permutation seeded by (seed, pass). Epoch ``e`` takes the next ``epoch_length`` samples of the
+    stream: by default one pass (its last ``length % batch_size`` samples are dropped; a set smaller
+    than a batch is repeated to fill one). Each global batch of ``batch_size`` samples is cut into ``world`` equal,
+    contiguous slices and this process takes slice ``rank``. Batches before ``start_batch`` are skipped
+    (resume). An epoch has ``epoch_length // batch_size`` batches. A sample's augmentation seed comes
+    from (seed, pass, index), so the same image drawn twice in one epoch is augmented differently.
+    """
+
+    def __init__(self, length: int, batch_size: int, rank: int, world: int, seed: int, epoch: int = 0,
+                 start_batch: int = 0, epoch_length: int = 0):
+        self.length, self.batch_size, self.rank, self.world = length, batch_size, rank, world
+        self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
+        self.num_batches = max(epoch_length or length, batch_size) // batch_size
+        one_pass = not epoch_length and length >= batch_size  # the rest of each pass is dropped
+        # position of this epoch's first sample in the stream
+        self.first = epoch * (length if one_pass else self.num_batches * batch_size)
+        self.per_rank = batch_size // world
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start_batch
+
+    def _pass_order(self, n: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + n)
+        return torch.randperm(self.length, generator=g).tolist()
+
+    def __iter__(self):
+        orders: dict[int, list[int]] = {}  # the passes this epoch touches
+        for b in range(self.start_batch, self.num_batches):
+            lo = self.first + b * self.batch_size + self.rank * self.per_rank
+            batch = []
+            for q in range(lo, lo + self.per_rank):
+                n = q // self.length
+                if n not in orders:
+                    orders[n] = self._pass_order(n)
+                i = orders[n][q % self.length]
+                batch.append((i, (self.seed * 1000003 + n) * 10000019 + i))
+            yield batch
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a dataset so that item ``(index, seed)`` runs its random transforms under ``seed``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            # The transforms draw from the CPU generator only; torch.manual_seed would also queue a
+            # lazy CUDA seeding with a captured stack trace, which cost half of the loading time.
+            torch.default_generator.manual_seed(seed)
+            return self.dataset[index]
+
+
+def make_loader(dataset, batch_sampler, cfg: Config, batch_size: int = 1, collate=None) -> torch.utils.data.DataLoader:
+    """A DataLoader padding batches to the largest stride (or collating them with ``collate``, a function of
+    the batch's samples); ``batch_sampler=None`` gives an ordered one."""
+    workers = cfg.data.num_workers
+    common = dict(num_workers=workers, collate_fn=collate or collate_fn(cfg),
+                  pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    if workers > 0 and hasattr(os, "fork"):
+        common["multiprocessing_context"] = "fork"
+    if batch_sampler is None:
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
+    return torch.utils.data.DataLoader(SeededSamples(dataset), batch_sampler=batch_sampler, **common)

@@ -1,0 +1,79 @@
+"""FCOS losses: focal loss for classes, IoU or GIoU for boxes, BCE for center-ness."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import ops
+from ..boxes import ltrb_iou
+from ..config import AssignConfig, LossConfig
+from .targets import fcos_targets
+
+
+def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
+              all_reduce: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Loss of one batch, each part normalised by the number of positive points (at least 1).
+
+    Args:
+        outputs: the model's output dict (``cls_logits`` (B, P, K), ``bbox_ltrb`` (B, P, 4),
+            ``centerness`` (B, P) or None).
+        targets: :func:`fcoslab.modeling.targets.fcos_targets` of the same batch.
+        all_reduce: averages a tensor over processes under distributed training, so that every rank
+            normalises by the same count of positives (None: single process; unused with
+            ``cfg.num_pos_per_process``, where each rank divides by its own count as torchvision's FCOS does).
+    Returns:
+        (terms, stats): ``terms`` has ``loss`` (the total to backpropagate) and the detached ``cls``,
+        ``box`` and ``centerness`` scalars; ``stats`` has ``num_pos`` (float, the normaliser: the mean
+        over processes, or this process's count).
+    """
+    logits, ltrb_pred, ctr_pred = outputs["cls_logits"], outputs["bbox_ltrb"], outputs["centerness"]
+    labels, ltrb_t, ctr_t = targets["labels"], targets["ltrb"], targets["centerness"]
+    K = logits.shape[-1]
+    positive = labels >= 0  # (B, P)
+    reduce = all_reduce if all_reduce is not None and not cfg.num_pos_per_process else (lambda t: t)
+    num_pos = reduce(positive.sum().float()).clamp(min=1.0)
+
+    cls = ops.sigmoid_focal_loss(logits.reshape(-1, K).float(), labels.reshape(-1), cfg.focal_alpha,
+                                 cfg.focal_gamma, reduction="sum") / num_pos
+    iou, giou = ltrb_iou(ltrb_pred[positive].float(), ltrb_t[positive])  # (num_pos_local,)
+    per_box = -torch.log(iou.clamp(min=1e-6)) if cfg.box == "iou" else 1.0 - giou
+    parts = {"cls": cls}
+    if ctr_pred is not None:
+        ctr_target = ctr_t[positive]
+        if cfg.centerness_weighted_box:
+            weight_sum = reduce(ctr_target.sum().detach()).clamp(min=1e-6)
+            parts["box"] = (per_box * ctr_target).sum() / weight_sum
+        else:
+            parts["box"] = per_box.sum() / num_pos
+        parts["centerness"] = F.binary_cross_entropy_with_logits(
+            ctr_pred[positive].float(), ctr_target, reduction="sum") / num_pos
+    else:
+        parts["box"] = per_box.sum() / num_pos
+        parts["centerness"] = torch.zeros((), device=logits.device)
+    total = parts["cls"] + cfg.box_weight * parts["box"] + parts["centerness"]
+    return {"loss": total, **{k: v.detach() for k, v in parts.items()}}, {"num_pos": num_pos.detach()}
+
+
+class FCOSCriterion:
+    """The one wiring of outputs -> targets -> loss: ``criterion(outputs, gt_boxes, gt_labels)``.
+
+    Args (of the call):
+        outputs: the model's output dict.
+        gt_boxes (Tensor[B, M, 4]): float xyxy pixels, padded; gt_labels (Tensor[B, M]): int64, -1 = padding
+            (as :func:`fcoslab.data.collate` returns them).
+    Returns:
+        (terms, stats) as :func:`fcos_loss`.
+    """
+
+    def __init__(self, assign: AssignConfig, loss: LossConfig,
+                 all_reduce: Optional[Callable[[Tensor], Tensor]] = None):
+        self.assign, self.loss, self.all_reduce = assign, loss, all_reduce
+
+    def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        targets = fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
+                               self.assign)
+        return fcos_loss(outputs, targets, self.loss, self.all_reduce)
