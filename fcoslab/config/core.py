@@ -168,8 +168,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     eval_batch_size: int = 8  # images per evaluation batch (per process); evaluate and predict use it too
     checkpoint_every: int = 0  # iterations between mid-epoch checkpoints; 0 = epoch ends only
-    # Minutes of training between mid-epoch checkpoints (0 = off): a crash or kill -9 loses at most this much.
-    # Ctrl-C and SIGTERM save at the next step whatever this is.
+    # Minutes between mid-epoch checkpoints (0 = off): a kill -9 loses at most this; Ctrl-C/SIGTERM save at once
     checkpoint_minutes: float = 10.0
     max_nonfinite: int = 5  # consecutive non-finite losses that stop training
     seed: int = 0  # initialisation, order of images and augmentations
@@ -348,13 +347,13 @@ def config_from_dict(tree: dict) -> Config:
 
 CHOICES = {  # keys whose value is one of a few words
     "model.backbone": ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101"), "model.p6_from": ("p5", "c5"),
-    "model.head_norm": ("gn", "none"), "model.regression": ("exp", "relu_stride"),
+    "model.head_norm": ("gn", "none"), "model.regression": ("exp", "relu_stride"), "loss.box": ("iou", "giou"),
     "model.point_spacing": ("stride", "input_ratio"), "data.resize": ("antialias", "interpolate"),
     "data.check_images": ("off", "header", "deep"), "assign.range_bounds": ("closed", "open"),
-    "assign.area_order": ("exact", "float32_1e8"),
-    "loss.box": ("iou", "giou"), "train.amp": ("auto", "fp16", "bf16", "off"), "train.optimizer": ("sgd", "adamw"),
-    "train.lr_schedule": ("step", "cosine"), "train.freeze": ("none", "backbone", "backbone_fpn"),
-    "eval.metrics": ("coco", "voc", "both"), "eval.backend": ("pycocotools", "faster")}
+    "assign.area_order": ("exact", "float32_1e8"), "train.amp": ("auto", "fp16", "bf16", "off"),
+    "train.optimizer": ("sgd", "adamw"), "train.lr_schedule": ("step", "cosine"),
+    "train.freeze": ("none", "backbone", "backbone_fpn"), "eval.metrics": ("coco", "voc", "both"),
+    "eval.backend": ("pycocotools", "faster")}
 
 
 def validate(cfg: Config) -> None:

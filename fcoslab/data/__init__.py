@@ -19,4 +19,4 @@ from .formats.voc import VOC_CLASSES, voc_to_coco  # noqa: F401
 from .formats.yolo import read_yolo_names, yolo_to_coco  # noqa: F401
 from .formats.listfile import list_to_coco  # noqa: F401
 from .image_check import (CHECK_DEPTHS, dataset_image_files, describe_bad_images, find_bad_images,  # noqa: F401
-                          image_problem)
+                          image_problem, is_size_mismatch)

@@ -24,6 +24,7 @@ from ..errors import FcoslabError
 from .formats.coco import read_image
 
 CHECK_DEPTHS = ("off", "header", "deep")
+_SIZE_MISMATCH = "but its annotation says"  # in the reason of a readable image of another size
 _PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -64,8 +65,13 @@ def image_problem(path: str | Path, deep: bool = False, size: Optional[tuple[int
             text = str(e)
             return text.split(": ", 1)[-1] if text.startswith("cannot read image") else text
     if size is not None and tuple(size) != found:
-        return f"{found[0]}x{found[1]} pixels, but its annotation says {size[0]}x{size[1]}"
+        return f"{found[0]}x{found[1]} pixels, {_SIZE_MISMATCH} {size[0]}x{size[1]}"
     return None
+
+
+def is_size_mismatch(reason: str) -> bool:
+    """Whether an :func:`image_problem` reason is a readable image whose size differs from its annotation's."""
+    return _SIZE_MISMATCH in reason
 
 
 def find_bad_images(files: Iterable[tuple[Path, Optional[tuple[int, int]]]], deep: bool = False) -> list[tuple[Path, str]]:

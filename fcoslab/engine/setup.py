@@ -10,7 +10,7 @@ import torch
 
 from .. import distributed as dist
 from ..config import Config, TrainConfig
-from ..data import dataset_image_files, describe_bad_images, find_bad_images
+from ..data import dataset_image_files, describe_bad_images, find_bad_images, is_size_mismatch
 from ..errors import FcoslabError
 from ..modeling.finetune import init_from
 from ..inference.predictor import resolve_device
@@ -72,7 +72,7 @@ def check_dataset_images(datasets, depth: str, rank: int = 0, world: int = 1) ->
         bad += find_bad_images(dataset_image_files(ds, (rank, world)), deep=depth == "deep")
     if world > 1:
         bad = [b for part in dist.all_gather_objects(bad) for b in part]
-    unreadable = [(p, r) for p, r in bad if "annotation says" not in r]
+    unreadable = [(p, r) for p, r in bad if not is_size_mismatch(r)]
     if unreadable:
         raise FcoslabError(f"{len(unreadable)} image(s) cannot be read (found by data.check_images={depth} before "
                            f"training; fix or remove them, or check them all with fcoslab check-data --deep):\n"
