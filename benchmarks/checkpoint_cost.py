@@ -36,7 +36,7 @@ from fcoslab.runfolder import RunFolder, rng_state  # noqa: E402
 
 def trainer_state(preset: str) -> dict:
     cfg = load_config(preset)
-    model = build_model(cfg, 80)
+    model = build_model(cfg.model, 80)
     optimizer = make_optimizer(model, cfg.train)
     for p in model.parameters():
         if p.requires_grad:

@@ -13,12 +13,12 @@ an FPN of 64 channels) with random weights and 80 classes, at the preset's sizes
 
 Each way runs the loading, transforms, padding, network and decoding of every image (what
 ``fcoslab.evaluation.coco.predict_dataset`` runs; COCO scoring, the same for both, is left out): before, the
-consecutive batches of ``train.eval_batch_size`` images padded to their largest, through ``make_loader``'s
+consecutive batches of ``eval.batch_size`` images padded to their largest, through ``make_loader``'s
 collate, with plain convolutions; now, ``evaluation_loader``'s batches with ``BatchInvariantConv2d``.
 One pass is not timed (oneDNN creates its kernels for each new input shape), then the best of --repeat
 passes is. "padding" is the share of the network's input pixels that are padding; "equal to batches of
 one" says whether every image's detections equal, bit for bit, those of the same way with
-``train.eval_batch_size=1``. Last, the cost of exactness for one image a call (``fcoslab predict``, the
+``eval.batch_size=1``. Last, the cost of exactness for one image a call (``fcoslab predict``, the
 viewer): milliseconds an image of the mixed set, plain convolutions against ``BatchInvariantConv2d``
 (which runs a lone image's small layers on two copies).
 """
@@ -46,7 +46,7 @@ CPU, FLOAT32 = torch.device("cpu"), Precision(None, "float32")
 
 def padded_to_largest(dataset, cfg):
     """The loader of before: consecutive batches, each padded to its largest image (one batch a list)."""
-    size = cfg.train.eval_batch_size
+    size = cfg.eval.batch_size
     batches = [[(i, 0) for i in range(s, min(s + size, len(dataset)))] for s in range(0, len(dataset), size)]
     return ([batch] for batch in make_loader(dataset, batches, cfg))
 
@@ -78,7 +78,7 @@ def measure(model, dataset, cfg, way: str, repeat: int) -> dict:
     one_pass(model, dataset, cfg, way)  # oneDNN's kernels for each input shape
     runs = [one_pass(model, dataset, cfg, way) for _ in range(repeat)]
     seconds, detections, stats = min(runs, key=lambda r: r[0])
-    alone = one_pass(model, dataset, cfg.replace(**{"train.eval_batch_size": 1}), way)[1]
+    alone = one_pass(model, dataset, cfg.replace(**{"eval.batch_size": 1}), way)[1]
     return {"images/s": len(dataset) / seconds, "batches": stats["batches"],
             "padding": 1 - stats["image_pixels"] / stats["pixels"], "equal": equal(detections, alone)}
 
@@ -86,7 +86,7 @@ def measure(model, dataset, cfg, way: str, repeat: int) -> dict:
 def one_image_ms(model, dataset, cfg, invariant: bool, repeat: int) -> float:
     """Milliseconds an image, one image a call (the best of ``repeat`` passes after one untimed)."""
     batch_invariant_layers(model, on=invariant)
-    alone = cfg.replace(**{"train.eval_batch_size": 1})
+    alone = cfg.replace(**{"eval.batch_size": 1})
     times = [one_pass(model, dataset, alone, "before")[0] for _ in range(repeat + 1)][1:]
     return 1000 * min(times) / len(dataset)
 
@@ -94,16 +94,16 @@ def one_image_ms(model, dataset, cfg, invariant: bool, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8, help="train.eval_batch_size (default 8)")
+    parser.add_argument("--batch", type=int, default=8, help="eval.batch_size (default 8)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--preset", default="shapes")
     parser.add_argument("--set", nargs="*", default=["data.test_min_size=320", "data.max_size=533"])
     parser.add_argument("--data", help="folder for the generated sets (default: a temporary one)")
     args = parser.parse_args()
     cfg = load_config(args.preset, parse_overrides(args.set)).replace(**{
-        "train.eval_batch_size": args.batch, "data.num_workers": 0, "data.cache_images": False})
+        "eval.batch_size": args.batch, "data.num_workers": 0, "data.cache_images": False})
     torch.manual_seed(0)
-    model = build_model(cfg, 80).eval()
+    model = build_model(cfg.model, 80).eval()
     inference_layout(model, CPU)
     root = Path(args.data or tempfile.mkdtemp(prefix="eval_batching_"))
     sets = {"mixed": {"sizes": MIXED_SIZES}, "640x480": {}}

@@ -66,17 +66,17 @@ def evaluation_share(args, rec, device: torch.device, clock) -> None:
     preset, precision = args.presets[0], args.precisions[0]
     folder, generated = cocolike_images(Path(args.work), args.eval_images, args.eval_sizes)
     amp = {"bf16": "bf16", "fp32": "off"}.get(precision)
-    cfg = load_config(preset, {"train.device": str(device), "eval.backend": args.backend,
-                               **({"train.amp": amp} if amp else {})})
+    cfg = load_config(preset, {"runtime.device": str(device), "eval.backend": args.backend,
+                               **({"runtime.precision": amp} if amp else {})})
     coco_backend(args.backend)  # a missing faster-coco-eval fails here, before the timing
     val = CocoDetection(folder / "val.json", folder / "val", build_transforms(cfg.data, train=False))
-    model = build_model(cfg, len(val.index.cat_ids)).to(device).eval()
+    model = build_model(cfg.model, len(val.index.cat_ids)).to(device).eval()
     inference_layout(model, device)
-    prec = choose_precision(cfg.train.amp, device)
+    prec = choose_precision(cfg.runtime.precision, device)
     n, column = len(val), f"seconds for {COCO_VAL_IMAGES}"
     scale = COCO_VAL_IMAGES / n
     table = rec.table("evaluation", f"One evaluation of {COCO_VAL_IMAGES} images (fcoslab {preset}, {prec.name}, "
-                      f"eval.backend={args.backend}, train.eval_batch_size {cfg.train.eval_batch_size}, "
+                      f"eval.backend={args.backend}, eval.batch_size {cfg.eval.batch_size}, "
                       f"{cfg.data.num_workers} loader workers)",
                       ("part", "measured on images", "seconds", "ms/image", column),
                       [f"Inference ran on {n} generated make-cocolike images ({args.eval_sizes} sizes, made in "

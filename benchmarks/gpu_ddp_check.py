@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
         from torch.nn.parallel import DistributedDataParallel
 
         cfg = load_config(args.preset)
-        model = build_model(cfg, 4).to(device).train()
+        model = build_model(cfg.model, 4).to(device).train()
         ddp = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
         out = ddp(torch.rand(2, 3, 128, 128, device=device))
         loss = out["cls_logits"].float().mean() + out["bbox_ltrb"].float().mean()
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> int:
 
     data, run = work / "ddp_data", work / "ddp_run"
     backend = "faster" if _has("faster_coco_eval") else "pycocotools"
-    overrides = {"train.device": str(device), "train.epochs": 1, "train.images_per_epoch": args.images,
+    overrides = {"runtime.device": str(device), "train.epochs": 1, "train.images_per_epoch": args.images,
                  "shapes.train": args.images, "shapes.val": args.val, "data.train_ann": str(data / "train.json"),
                  "data.train_images": str(data / "train"), "data.val_ann": str(data / "val.json"),
                  "data.val_images": str(data / "val"), "eval.backend": backend}

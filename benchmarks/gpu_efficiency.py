@@ -6,7 +6,7 @@
 
 A step is forward, loss, backward and the optimiser (``fcoslab.engine.optim.make_optimizer``), on random uint8
 images of ``--size`` (padded as the preset pads) with 10 random boxes each, in the precision asked
-(``preset``: the preset's ``train.amp`` rule). MFU = step FLOPs / step time / :data:`PEAK_BF16_TFLOPS`,
+(``preset``: the preset's ``runtime.precision`` rule). MFU = step FLOPs / step time / :data:`PEAK_BF16_TFLOPS`,
 whatever the precision (fp32 steps are held to the same bf16 rate). The same step of torchvision's FCOS
 (frozen BatchNorm, layers 2-4 trainable, as its builder makes it for a pretrained backbone) is timed
 beside it with ``--torchvision``. FLOPs count multiply-adds as 2 and cover convolutions and matrix products
@@ -40,7 +40,7 @@ from fcoslab.engine.optim import make_optimizer  # noqa: E402
 # H200, .library/device/KINDS.md; the env stage of gpu_check.sh measures that rate again beside it.)
 PEAK_BF16_TFLOPS = 989.0
 BOXES_PER_IMAGE = 10
-PRECISIONS = {"preset": None, "bf16": "bf16", "fp32": "off"}  # --precision -> train.amp (None: the preset's)
+PRECISIONS = {"preset": None, "bf16": "bf16", "fp32": "off"}  # --precision -> runtime.precision (None: the preset's)
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,14 @@ class FcoslabStep:
     def __init__(self, preset: str, batch: int, size: tuple[int, int], device: torch.device,
                  options: StepOptions = StepOptions(), num_classes: int = 80):
         amp = PRECISIONS[options.precision]
-        overrides = {"train.device": str(device), "model.channels_last": options.channels_last}
-        cfg = load_config(preset, overrides if amp is None else {**overrides, "train.amp": amp})
+        overrides = {"runtime.device": str(device), "model.channels_last": options.channels_last}
+        cfg = load_config(preset, overrides if amp is None else {**overrides, "runtime.precision": amp})
         self.cfg, self.device, self.size, self.options, self.name = cfg, device, tuple(size), options, preset
         torch.manual_seed(0)
-        self.model = build_model(cfg, num_classes).to(device).train()
+        self.model = build_model(cfg.model, num_classes).to(device).train()
         if cfg.model.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.precision = choose_precision(cfg.train.amp, device)
+        self.precision = choose_precision(cfg.runtime.precision, device)
         self.optimizer = rebuilt_optimizer(make_optimizer(self.model, cfg.train), options.optimizer)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
         criterion = FCOSCriterion(cfg.assign, cfg.loss)

@@ -51,7 +51,7 @@ def random_run(name: str, out: Path, coco_size: int) -> tuple[Path, tuple[int, i
     h, w = resized_shape(480, 640, cfg.data.test_min_size, cfg.data.max_size) if name != "shapes" else (128, 128)
     d = cfg.model.size_divisibility
     torch.manual_seed(0)
-    model = build_model(cfg, classes)
+    model = build_model(cfg.model, classes)
     with torch.no_grad():
         for m in model.modules():  # statistics as a trained network has them (identity ones make R-50 explode)
             if isinstance(m, (FrozenBatchNorm2d, torch.nn.BatchNorm2d)):

@@ -14,7 +14,7 @@ should be at least 1.25x the AP of torchvision's FCOS.
    600 train and 150 val images of 160 px, seed 7, smallest object side 10% (16 px). It is written to
    ``--out-dir`` and reused when the json files there carry the same generator arguments.
 2. fcoslab is trained as a user would: the ``shapes`` preset plus the four data paths (which also turn
-   the preset's shapes generation off) and ``train.amp=off`` (float32), through ``fcoslab.engine.trainer.train``.
+   the preset's shapes generation off) and ``runtime.precision=off`` (float32), through ``fcoslab.engine.trainer.train``.
    ``--fcoslab-set`` adds overrides (for smoke runs). T is the wall time of the whole ``train()`` call
    (``time.perf_counter``): model and data set-up, training, the per-epoch evaluations and checkpoints.
    The AP reported is that of the last epoch (the model the user is left with). The preset resizes
@@ -130,9 +130,9 @@ def own_dataset(out: Path, train_n: int, val_n: int, size: int, seed: int, min_s
 def run_fcoslab(paths: dict[str, Path], run_dir: Path, extra: dict[str, str]) -> dict:
     """Train the shapes preset on ``paths`` in float32; returns T, the last epoch's stats and the history."""
     overrides: dict[str, object] = {f"data.{k}": str(v) for k, v in paths.items()}
-    overrides["train.amp"] = "off"
+    overrides["runtime.precision"] = "off"
     if torch.cuda.is_available():  # the comparison is on the CPU; "auto" would pick the GPU
-        overrides["train.device"] = "cpu"
+        overrides["runtime.device"] = "cpu"
     overrides.update(extra)
     cfg = load_config("shapes", overrides)
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a continuation
@@ -366,7 +366,7 @@ def main() -> int:
           + (", ".join(f"{k}={v}" for k, v in env.items()) or "ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY unset"))
     print(f"dataset: make_shapes train={args.train} val={args.val} image_size={args.image_size} seed={args.seed} "
           f"min_side={args.min_side:g} in {args.out_dir}; float32 on the CPU")
-    print(f"fcoslab: shapes preset + the four data paths + train.amp=off"
+    print(f"fcoslab: shapes preset + the four data paths + runtime.precision=off"
           + (f" + {' '.join(args.fcoslab_set)}" if args.fcoslab_set else "")
           + f"; {fl['epochs']} epochs, {fl['steps']} steps of {fl['batch_size']}; seconds = the whole train() call "
           "(set-up, training, per-epoch evaluation)")

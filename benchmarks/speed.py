@@ -27,11 +27,11 @@ def sync(device: torch.device) -> None:
 
 
 def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dict:
-    cfg = load_config(name, {"model.frozen_bn": False, "model.backbone_weights": "", "train.device": str(device)})
+    cfg = load_config(name, {"model.frozen_bn": False, "model.backbone_weights": "", "runtime.device": str(device)})
     h, w = resized_shape(cfg.data.test_min_size, int(cfg.data.test_min_size * 4 / 3), cfg.data.test_min_size,
                          cfg.data.max_size)
-    model = build_model(cfg, 80 if "coco" in name else 4).to(device)
-    precision = choose_precision(cfg.train.amp, device)
+    model = build_model(cfg.model, 80 if "coco" in name else 4).to(device)
+    precision = choose_precision(cfg.runtime.precision, device)
     ctx = lambda: precision.autocast(device)  # noqa: E731
     d = cfg.model.size_divisibility
     images = torch.rand(batch, 3, -(-h // d) * d, -(-w // d) * d, device=device)

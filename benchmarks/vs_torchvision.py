@@ -20,7 +20,7 @@ Each figure is the median of ``--iters`` timed steps after 2 warm-up steps; the 
 alternate (and swap order every round) so that machine noise falls on both alike. Inference runs first,
 on the freshly initialised weights (both heads start at the same class prior, so both see the same
 number of candidates), then training. Images are float in [0, 1], (B, 3, size, size); each image gets 8
-random ground-truth boxes. ``--amp`` uses fcoslab's precision rule (``train.amp=auto``: bfloat16 on
+random ground-truth boxes. ``--amp`` uses fcoslab's precision rule (``runtime.precision=auto``: bfloat16 on
 CUDA where supported, else float16 with a gradient scaler; on a CPU bfloat16 only where it is native,
 else float32) for both models; the precision used is printed.
 
@@ -177,7 +177,7 @@ class Side:
 def fcoslab_side(args, device: torch.device, precision: Precision, images, boxes, labels) -> Side:
     cfg = fcoslab_config(args.score_thresh)
     torch.manual_seed(SEED)
-    model = build_model(cfg, FCOSLAB_CLASSES).to(device)
+    model = build_model(cfg.model, FCOSLAB_CLASSES).to(device)
     optimizer = make_sgd(model)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16)
     h, w = images.shape[-2:]
@@ -246,7 +246,7 @@ def main() -> int:
     parser.add_argument("--score-thresh", type=float, default=0.05,
                         help="detection score threshold of both models (default 0.05)")
     parser.add_argument("--amp", action="store_true",
-                        help="mixed precision by fcoslab's train.amp=auto rule (default: float32)")
+                        help="mixed precision by fcoslab's runtime.precision=auto rule (default: float32)")
     args = parser.parse_args()
     if args.size < 32 or args.batch < 1 or args.iters < 1:
         parser.error("--size must be at least 32, --batch and --iters at least 1")

@@ -16,7 +16,7 @@ def tiny_overrides(shapes_dir, **extra):
             "data.val_ann": str(d / "val.json"), "data.val_images": str(d / "val"),
             "data.min_size": [64], "data.max_size": 64, "data.test_min_size": 64, "data.num_workers": 0,
             "model.fpn_channels": 32, "model.head_convs": 1, "train.batch_size": 4, "train.epochs": 1,
-            "train.warmup_iters": 2, "train.amp": "off", "train.images_per_epoch": 0}
+            "train.warmup_iters": 2, "runtime.precision": "off", "train.images_per_epoch": 0}
     base.update(extra)
     return base
 

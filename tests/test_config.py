@@ -46,10 +46,27 @@ def test_one_value_for_a_list_key_is_a_list_of_one(tmp_path):
     ("data.min_size=abc", "config key 'data.min_size': expected int, got 'abc'"),
     ("data.min_size=[96,1.5]", "config key 'data.min_size[1]': expected int, got 1.5"),
     ("assign.regress_ranges=64", "config key 'assign.regress_ranges': expected a list, got 64"),
+    ("runtime.precision=fp8", "config key 'runtime.precision': 'fp8' is not one of auto, fp16, bf16, off"),
+    ("runtime.device=gpu", "config key 'runtime.device' is 'gpu': expected auto, cpu, cuda or cuda:N"),
+    ("eval.best_metric=voc_mAP", "config key 'eval.best_metric': 'voc_mAP' is not recorded with eval.metrics=coco"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(FcoslabError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_config("shapes", [override])
+
+
+def test_old_keys_of_saved_runs_are_read_in_todays_names(tmp_path):
+    """Run folders written before runtime.* and eval.batch_size existed still load (fcoslab.config.migrate)."""
+    old = Config().to_dict()
+    del old["runtime"], old["eval"]["batch_size"]
+    old["train"] = {**old["train"], "amp": "off", "device": "cpu", "threads": 1, "eval_batch_size": 3}
+    old["data"] = {**old["data"], "shapes_train": 0}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    cfg = load_config(str(path))
+    assert (cfg.runtime.precision, cfg.runtime.device, cfg.runtime.threads, cfg.eval.batch_size) == ("off", "cpu", 1, 3)
+    assert cfg.shapes is None
+    assert load_config("shapes", ["train.amp=bf16", "runtime.precision=off"]).runtime.precision == "off"  # new wins
 
 
 def test_unknown_preset_and_bad_file(tmp_path):
@@ -100,11 +117,11 @@ def test_every_key_is_documented_and_docs_config_md_is_current(capsys):
     from fcoslab.config.docs import config_markdown, explain
 
     undocumented = [r["key"] for r in explain() if not r["meaning"]]
-    assert not undocumented, f"write a comment with these fields in fcoslab/config/core.py: {undocumented}"
+    assert not undocumented, f"write a comment with these fields in fcoslab/config/sections.py: {undocumented}"
     docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert docs.read_text() == config_markdown(), "regenerate: python -m fcoslab.config.docs > docs/config.md"
     assert main(["config", "shapes", "--set", "train.epochs=3", "--explain"]) == 0
     text = capsys.readouterr().out
     assert "* train.epochs = 3   [int, default 12]  length of the run" in text
-    assert "  data.check_images = \"header\"   [str, default \"header\"] (off | header | deep)" in text
+    assert "  data.check_images = \"header\"   [str, default \"header\"] (header | deep | off)" in text
     assert main(["config", "shapes"]) == 0 and '"epochs": 6' in capsys.readouterr().out

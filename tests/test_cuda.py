@@ -185,6 +185,6 @@ def test_training_step_on_gpu_with_kernels(tmp_path, shapes_dir):
     from fcoslab.config import load_config
     from fcoslab.engine.trainer import train
 
-    cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"train.device": "cuda"}))
+    cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"runtime.device": "cuda"}))
     history = train(cfg, tmp_path / "run", progress=False)
     assert len(history) == 1 and history[0]["loss"] > 0

@@ -37,7 +37,7 @@ def weights(run):
 # frozen BN: BatchNorm statistics are per process on CPU, so only a frozen backbone is exactly comparable;
 # float32: bf16 autocast rounds differently for a batch of 2 and a batch of 4; SGD: Adam divides by
 # sqrt(v), which turns float rounding in near-zero gradients into visible weight differences
-EXACT = {"model.frozen_bn": True, "train.batch_size": 4, "data.hflip": 0.5, "train.eval_every": 1, "train.amp": "off",
+EXACT = {"model.frozen_bn": True, "train.batch_size": 4, "data.hflip": 0.5, "train.eval_every": 1, "runtime.precision": "off",
          "train.optimizer": "sgd", "train.lr": 0.01}
 
 

@@ -1,5 +1,5 @@
 """Evaluation batches images of one padded size only (fcoslab.data.batching): an image's detections do
-not depend on train.eval_batch_size, on the number of processes, or on the images batched with it."""
+not depend on eval.batch_size, on the number of processes, or on the images batched with it."""
 
 import json
 
@@ -19,12 +19,12 @@ from fcoslab.inference.predictor import (BatchInvariantConv2d, BatchInvariantGro
 from fcoslab.modeling.model import build_model
 from helpers import torchvision_fcos
 
-CPU, FLOAT32 = torch.device("cpu"), Precision(None, "train.amp=off")
+CPU, FLOAT32 = torch.device("cpu"), Precision(None, "runtime.precision=off")
 # (width, height, mode): landscape, portrait, a grayscale one, a wide strip, squares; several share a
 # padded size at a multiple of 32 once resized (shorter side 96: a group of 5 at 96 x 128; 288: at 288 x 384)
 MIXED = [(128, 96, "RGB"), (96, 128, "RGB"), (125, 94, "L"), (200, 60, "RGB"), (128, 96, "RGB"), (150, 150, "RGB"),
          (128, 96, "RGB"), (96, 128, "RGB"), (160, 120, "RGB")]
-SMALL = {"data.test_min_size": 96, "data.max_size": 200, "data.num_workers": 0, "train.amp": "off"}
+SMALL = {"data.test_min_size": 96, "data.max_size": 200, "data.num_workers": 0, "runtime.precision": "off"}
 
 
 def write_mixed_set(root, sizes=MIXED, categories=((1, "person"), (3, "car")), seed=0):
@@ -56,7 +56,7 @@ def mixed(tmp_path_factory):
                                            "decode.score_thresh": 0.05})
     ann, images = write_mixed_set(tmp_path_factory.mktemp("mixed"))
     torch.manual_seed(0)
-    model = build_model(cfg, 2).eval()
+    model = build_model(cfg.model, 2).eval()
     with torch.no_grad():
         model.head.cls_logits.bias.normal_(-1.0, 1.0)  # scores spread around the threshold
     inference_layout(model, CPU)
@@ -121,10 +121,10 @@ def test_results_do_not_depend_on_eval_batch_size(mixed):
     model, cfg, dataset = mixed
     shapes = planned_padded_shapes(dataset, cfg)
     assert len(set(shapes)) == 4 and shapes.count((288, 384)) == 5  # image 7 planned from its file's header
-    raw = {bs: predict_dataset(model, dataset, cfg.replace(**{"train.eval_batch_size": bs}), CPU, FLOAT32)
+    raw = {bs: predict_dataset(model, dataset, cfg.replace(**{"eval.batch_size": bs}), CPU, FLOAT32)
            for bs in (1, 3, 8)}  # 3 cuts the group of 5 into 3 + 2
     assert same_detections(raw[1], raw[8]) and same_detections(raw[3], raw[8])  # bit for bit
-    evaluation = evaluate_model(model, dataset, cfg.replace(**{"train.eval_batch_size": 3}), CPU, FLOAT32)
+    evaluation = evaluate_model(model, dataset, cfg.replace(**{"eval.batch_size": 3}), CPU, FLOAT32)
     assert len(evaluation.results) > 100
     assert coco_fields(evaluation.results) == to_coco_results(raw[1], dataset.index.cat_ids)
     assert [r["image_id"] for r in evaluation.results] == sorted(r["image_id"] for r in evaluation.results)
@@ -133,22 +133,22 @@ def test_results_do_not_depend_on_eval_batch_size(mixed):
 @pytest.mark.skipif(not native_cpu_bf16()[0], reason="bfloat16 is emulated (slowly) on this CPU")
 def test_bfloat16_results_do_not_depend_on_eval_batch_size(mixed):
     model, cfg, dataset = mixed
-    bf16 = Precision(torch.bfloat16, "train.amp=bf16")
-    raw = {bs: predict_dataset(model, dataset, cfg.replace(**{"train.eval_batch_size": bs}), CPU, bf16)
+    bf16 = Precision(torch.bfloat16, "runtime.precision=bf16")
+    raw = {bs: predict_dataset(model, dataset, cfg.replace(**{"eval.batch_size": bs}), CPU, bf16)
            for bs in (1, 8)}
     assert same_detections(raw[1], raw[8])
 
 
 def test_two_processes_give_the_results_of_one(mixed, monkeypatch):
     model, cfg, dataset = mixed
-    cfg = cfg.replace(**{"train.eval_batch_size": 3})
+    cfg = cfg.replace(**{"eval.batch_size": 3})
     shards = [predict_dataset(model, dataset, cfg, CPU, FLOAT32, rank, 2) for rank in (0, 1)]
     ids = [i for shard in shards for i, _ in shard]
     assert sorted(ids) == [im["id"] for im in dataset.images] and all(shards)  # every image once
     parts = [to_coco_results(shard, dataset.index.cat_ids) for shard in shards]
     monkeypatch.setattr(fcoslab.distributed, "gather_objects", lambda results: parts)  # rank 0's gather
     two = evaluate_model(model, dataset, cfg, CPU, FLOAT32, rank=0, world=2)
-    one = evaluate_model(model, dataset, cfg.replace(**{"train.eval_batch_size": 8}), CPU, FLOAT32)
+    one = evaluate_model(model, dataset, cfg.replace(**{"eval.batch_size": 8}), CPU, FLOAT32)
     assert coco_fields(two.results) == coco_fields(one.results) == coco_fields(merge_shards(parts[::-1], dataset))
     assert two.stats == one.stats
 
@@ -218,7 +218,7 @@ def test_imported_torchvision_batched_equals_torchvision_one_image_at_a_time(tmp
     run = import_torchvision(tmp_path / "fcos.pth", tmp_path / "run", overrides=SMALL).path
     ann, image_dir = write_mixed_set(tmp_path / "set")
     predictor = Predictor(run, device="cpu", amp="off")
-    assert predictor.cfg.train.eval_batch_size == 8
+    assert predictor.cfg.eval.batch_size == 8
     dataset = CocoDetection(ann, image_dir, build_transforms(predictor.cfg.data, train=False))
     got = predict_dataset(predictor.model, dataset, predictor.cfg, CPU, predictor.precision)
     with torch.inference_mode():

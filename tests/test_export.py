@@ -69,7 +69,7 @@ def save_untrained_run(shapes_dir, path, **overrides):
 
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **RUN_OVERRIDES, **overrides))
     torch.manual_seed(0)
-    model = build_model(cfg, 4)
+    model = build_model(cfg.model, 4)
     torch.nn.init.normal_(model.head.cls_logits.weight, std=0.3)
     folder = RunFolder(path)
     folder.check_writable()

@@ -23,13 +23,13 @@ def test_class_rows_by_name_and_by_map():
 
 def test_init_from_keeps_fitting_tensors_and_the_rows_of_named_classes(shapes_dir, tmp_path, caplog):
     cfg = load_config("shapes", tiny_overrides(shapes_dir))
-    old = build_model(cfg, 4)
+    old = build_model(cfg.model, 4)
     torch.nn.init.normal_(old.head.cls_logits.weight)
     path = tmp_path / "old.pt"
     torch.save({"model": old.state_dict(), "config": cfg.to_dict(), "class_names": ["a", "b", "c", "d"],
                 "cat_ids": [1, 2, 3, 4], "num_classes": 4, "epoch": 1, "history": []}, path)
     new_cfg = cfg.replace(**{"model.init_from": str(path), "model.init_class_map": ["b:x"]})
-    new = build_model(new_cfg, 3)
+    new = build_model(new_cfg.model, 3)
     fresh_bias = new.head.cls_logits.bias.detach().clone()
     with caplog.at_level(logging.INFO, logger="fcoslab"):
         report = init_from(new, new_cfg.model, ["c", "x", "y"])
@@ -43,7 +43,7 @@ def test_init_from_keeps_fitting_tensors_and_the_rows_of_named_classes(shapes_di
     assert torch.equal(new.head.bbox_pred.weight, old.head.bbox_pred.weight)
     assert torch.equal(new.backbone.stem[0].weight, old.backbone.stem[0].weight)
     narrow_cfg = new_cfg.replace(**{"model.fpn_channels": 16})  # a head of another width keeps the backbone only
-    narrow = build_model(narrow_cfg, 3)
+    narrow = build_model(narrow_cfg.model, 3)
     report = init_from(narrow, narrow_cfg.model, ["c", "x", "y"])
     assert "head.cls_logits.weight" in report["skipped"] and report["classes_kept"] == []
     assert torch.equal(narrow.backbone.stem[0].weight, old.backbone.stem[0].weight)
@@ -52,10 +52,10 @@ def test_init_from_keeps_fitting_tensors_and_the_rows_of_named_classes(shapes_di
 def test_a_missing_init_from_names_the_key(shapes_dir, tmp_path):
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"model.init_from": str(tmp_path / "none")}))
     with pytest.raises(FcoslabError, match=f"config key 'model.init_from': checkpoint {tmp_path / 'none'} does not exist"):
-        init_from(build_model(cfg, 3), cfg.model, ["a", "b", "c"])
+        init_from(build_model(cfg.model, 3), cfg.model, ["a", "b", "c"])
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(FcoslabError, match="config key 'model.init_from': checkpoint .*empty_run/last.pt does not exist"):
-        init_from(build_model(cfg, 3), cfg.replace(**{"model.init_from": str(tmp_path / "empty_run")}).model, ["a", "b", "c"])
+        init_from(build_model(cfg.model, 3), cfg.replace(**{"model.init_from": str(tmp_path / "empty_run")}).model, ["a", "b", "c"])
 
 
 def test_freezing_and_unfreezing_are_logged_once_with_the_epoch(shapes_dir, caplog, monkeypatch):
@@ -63,7 +63,7 @@ def test_freezing_and_unfreezing_are_logged_once_with_the_epoch(shapes_dir, capl
 
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"train.freeze": "backbone_fpn", "train.freeze_epochs": 2,
                                                               "model.freeze_at": 1}))
-    model = build_model(cfg, 3)
+    model = build_model(cfg.model, 3)
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     with caplog.at_level(logging.INFO, logger="fcoslab"):
         changed = [apply_freeze(model, cfg.train, epoch, trainable) for epoch in range(4)]
@@ -106,7 +106,7 @@ def test_fine_tuning_an_imported_torchvision_fcos_on_new_classes(shapes_dir, tmp
         "data.train_ann": str(d / "train.json"), "data.train_images": str(d / "train"),
         "data.val_ann": str(d / "val.json"), "data.val_images": str(d / "val"), "data.min_size": [64],
         "data.max_size": 64, "data.test_min_size": 64, "data.num_workers": 0, "train.batch_size": 4,
-        "train.epochs": 2, "train.warmup_iters": 1, "train.amp": "off", "model.init_from": str(run.path),
+        "train.epochs": 2, "train.warmup_iters": 1, "runtime.precision": "off", "model.init_from": str(run.path),
         "train.freeze": "backbone_fpn", "train.lr": 0.001})  # the preset's 0.01 is for batch 16 and trained weights
     losses = []
     trainer = Trainer(cfg, tmp_path / "ft", progress=False, on_step=lambda r: losses.append(r["loss"]))

@@ -1,4 +1,4 @@
-"""The precision rule (train.amp) and device choice shared by training and every inference."""
+"""The precision rule (runtime.precision) and device choice shared by training and every inference."""
 
 import logging
 
@@ -74,7 +74,7 @@ def test_training_logs_its_precision(shapes_dir, tmp_path, caplog, cpu_without_b
     from fcoslab.config import load_config
     from fcoslab.engine.trainer import Trainer
 
-    cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"train.amp": "auto"}))
+    cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"runtime.precision": "auto"}))
     with caplog.at_level(logging.INFO, logger="fcoslab"):
         trainer = Trainer(cfg, tmp_path / "run", progress=False)
     assert trainer.precision.dtype is None
@@ -84,7 +84,7 @@ def test_training_logs_its_precision(shapes_dir, tmp_path, caplog, cpu_without_b
 def test_every_preset_defaults_to_auto():
     from fcoslab.config import list_presets, load_config
 
-    assert {load_config(name).train.amp for name in list_presets()} == {"auto"}
+    assert {load_config(name).runtime.precision for name in list_presets()} == {"auto"}
 
 
 def test_a_missing_run_says_how_to_make_one(tmp_path, monkeypatch):
@@ -105,5 +105,5 @@ def test_a_wrong_device_names_where_it_came_from():
     with pytest.raises(FcoslabError, match=r"device \(--device\) is 'gpu': expected auto, cpu, cuda or cuda:N"):
         resolve_device("gpu", "device (--device)")
     if not torch.cuda.is_available():
-        with pytest.raises(FcoslabError, match=r"^config key 'train.device' is 'cuda:1' but no CUDA"):
+        with pytest.raises(FcoslabError, match=r"^config key 'runtime.device' is 'cuda:1' but no CUDA"):
             resolve_device("cuda:1")

@@ -12,7 +12,7 @@ from fcoslab.modeling.points import level_sizes, make_points
 def small_model(**over):
     cfg = load_config("shapes", {"model.fpn_channels": 32, "model.head_convs": 1, **over})
     torch.manual_seed(0)
-    return cfg, build_model(cfg, 3)
+    return cfg, build_model(cfg.model, 3)
 
 
 def test_forward_shapes_and_points():

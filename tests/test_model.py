@@ -59,12 +59,12 @@ def test_folded_frozen_bn_trains_the_convolution():
 
 def test_backbone_width_scales_every_stage():
     cfg = load_config("shapes", {"model.backbone_width": 32})
-    model = build_model(cfg, 4)
+    model = build_model(cfg.model, 4)
     assert model.backbone.out_channels == (64, 128, 256)
     assert model.backbone.layer1[0].conv1.out_channels == 32 and model.backbone.layer4[0].conv2.out_channels == 256
     out = model(torch.rand(2, 3, 128, 128))
     assert out["cls_logits"].shape == (2, 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1, 4)
-    full = sum(p.numel() for p in build_model(load_config("shapes", {"model.backbone_width": 64}), 4).backbone.parameters())
+    full = sum(p.numel() for p in build_model(load_config("shapes", {"model.backbone_width": 64}).model, 4).backbone.parameters())
     assert sum(p.numel() for p in model.backbone.parameters()) < full / 3
 
 
@@ -85,7 +85,7 @@ def test_pretrained_backbone_loads_after_the_model_is_built(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save({"module." + k: v for k, v in reference.state_dict().items()}, path)  # a DDP-saved file
     cfg = load_config("imprv_coco_1x", {"model.backbone": "resnet18", "model.backbone_weights": str(path)})
-    model = build_model(cfg, 3)  # building reads no file
+    model = build_model(cfg.model, 3)  # building reads no file
     assert not torch.equal(model.backbone.stem[0].weight, reference.conv1.weight)
     load_pretrained_backbone(model, cfg.model)
     assert torch.equal(model.backbone.stem[0].weight, reference.conv1.weight)
@@ -111,7 +111,7 @@ def test_torchvision_weights_without_network_name_the_key(monkeypatch):
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     cfg = load_config("shapes", {"model.backbone": "resnet18", "model.backbone_width": 64, "model.torchvision_weights": True})
     with pytest.raises(FcoslabError, match="config key 'model.torchvision_weights': cannot get ResNet18_Weights"):
-        load_pretrained_backbone(build_model(cfg, 3), cfg.model)
+        load_pretrained_backbone(build_model(cfg.model, 3), cfg.model)
 
 
 @pytest.mark.parametrize("strides", [(8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 128), (4, 8, 16, 32),
@@ -122,7 +122,7 @@ def test_strides_choose_the_pyramid_levels_and_train_a_step(strides):
     for i in range(1, len(ranges)):
         ranges[i][0] = ranges[i - 1][1]
     cfg = load_config("shapes", {"model.strides": list(strides), "assign.regress_ranges": ranges})
-    model = build_model(cfg, 4)
+    model = build_model(cfg.model, 4)
     out = model(torch.rand(2, 3, 128, 128))
     assert out["level_sizes"] == [(128 // s, 128 // s) for s in strides]
     assert out["cls_logits"].shape[1] == sum((128 // s) ** 2 for s in strides)
@@ -158,7 +158,7 @@ def test_imagenet_resnet50_file_by_torchvision_name(tmp_path):
     path = tmp_path / "resnet50-0676ba61.pth"
     torch.save(reference.state_dict(), path)
     cfg = load_config("seed_coco_2x", {"model.backbone_weights": str(path)})
-    model = build_model(cfg, 2)
+    model = build_model(cfg.model, 2)
     load_pretrained_backbone(model, cfg.model)
     assert torch.equal(model.backbone.layer3[0].bn1.running_mean, reference.layer3[0].bn1.running_mean)
     assert torch.equal(model.backbone.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)

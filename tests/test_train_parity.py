@@ -175,7 +175,7 @@ def networks():
     for m in tv.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
-    model = build_model(CFG, 91).train()
+    model = build_model(CFG.model, 91).train()
     load_torchvision_fcos(model, tv.state_dict(), "torchvision_fcos()")
     for part in (tv.backbone, model.backbone, model.fpn):
         part.requires_grad_(False)

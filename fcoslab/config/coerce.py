@@ -14,9 +14,15 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a JSON or command-line value to the field type ``tp``, or raise a clear error.
 
     A list-typed field (``tuple[X, ...]``) also takes one value of its element type, as a list of one:
-    ``data.min_size=224`` (or ``"min_size": 224`` in a config file) is ``(224,)``.
+    ``data.min_size=224`` (or ``"min_size": 224`` in a config file) is ``(224,)``. A ``Literal[...]`` field
+    takes one of its words and names them all otherwise.
     """
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:  # one of a few words: the type lists them
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return value
+        raise FcoslabError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
     if origin is typing.Union:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None

@@ -18,8 +18,8 @@ import sys
 import tokenize
 import typing
 
-from . import core as config_module
-from .core import CHOICES, Config
+from . import sections as config_module
+from .sections import Config
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:")
 
@@ -45,7 +45,14 @@ def field_comments(cls) -> dict[str, str]:
     return out
 
 
+def _choices(tp) -> tuple | None:
+    """The words of a ``Literal[...]`` type, else None."""
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+
+
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "str"
     if typing.get_origin(tp) is not None:  # tuple[int, ...], Optional[str], ...
         return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", str(tp))
@@ -65,7 +72,7 @@ def explain(cfg: Config = Config()) -> list[dict]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             key = f"{section.name}.{f.name}"
             rows.append({"key": key, "value": None if value_section is None else getattr(value_section, f.name),
-                         "default": default, "type": _type_name(hints[f.name]), "choices": CHOICES.get(key),
+                         "default": default, "type": _type_name(hints[f.name]), "choices": _choices(hints[f.name]),
                          "meaning": comments.get(f.name, "")})
     return rows
 
@@ -88,7 +95,7 @@ def explain_text(cfg: Config) -> str:
 def config_markdown() -> str:
     """The reference page ``docs/config.md``: every key of every section with default, type and meaning."""
     out = ["# Configuration keys", "",
-           "Generated from `fcoslab/config/core.py` by `python -m fcoslab.config.docs > docs/config.md` (a test keeps "
+           "Generated from `fcoslab/config/sections.py` by `python -m fcoslab.config.docs > docs/config.md` (a test keeps "
            "it current). `fcoslab config PRESET --explain` prints the same for a preset with its values. Set a key "
            "with `--set section.key=value`, in a JSON config file as `{\"section\": {\"key\": value}}`, or in "
            "Python with `load_config(PRESET, {\"section.key\": value})`.", ""]

@@ -3,7 +3,7 @@ the images it is batched with.
 
 :func:`collate` pads every image of a batch to the largest of the batch. The network then sees more
 padding below and to the right of a smaller image than it would alone, and its receptive field carries
-that padding inwards: an image's detections changed with ``train.eval_batch_size``, with the number of
+that padding inwards: an image's detections changed with ``eval.batch_size``, with the number of
 processes and with the dataset's order (torchvision's R-50 FCOS on 640x480, 480x640, 500x375 and 1000x300
 images: the first image's top score 0.902 in a batch of 8 against 0.838 alone, no box in common).
 

@@ -9,7 +9,7 @@ import time
 import torch
 
 from .. import distributed as dist
-from ..config import Config, TrainConfig
+from ..config import Config, RuntimeConfig
 from ..data import dataset_image_files, describe_bad_images, find_bad_images, is_size_mismatch
 from ..errors import FcoslabError
 from ..modeling.finetune import init_from
@@ -19,18 +19,19 @@ from ..modeling.model import build_model, load_pretrained_backbone
 log = logging.getLogger("fcoslab")
 
 
-def setup_device(t: TrainConfig) -> tuple[torch.device, int, int]:
-    """The device of this process, its rank and the number of processes (torchrun or one process)."""
-    device = resolve_device(t.device)
+def setup_device(runtime: RuntimeConfig, batch_size: int) -> tuple[torch.device, int, int]:
+    """The device of this process, its rank and the number of processes (torchrun or one process); the
+    global ``batch_size`` must split evenly over the processes."""
+    device = resolve_device(runtime.device)
     rank, world, local_rank = dist.init(device.type)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if t.batch_size % world:
-        raise FcoslabError(f"config key 'train.batch_size' ({t.batch_size}) must be divisible by "
+    if batch_size % world:
+        raise FcoslabError(f"config key 'train.batch_size' ({batch_size}) must be divisible by "
                            f"the number of processes ({world})")
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
     return device, rank, world
 
 
@@ -39,7 +40,7 @@ def build_training_model(cfg: Config, class_names: list[str], device: torch.devi
     """The bare model on ``device``: for a new run (``pretrained``) the backbone's ImageNet weights and
     then ``model.init_from``'s detector; layout; SyncBatchNorm."""
     m = cfg.model
-    model = build_model(cfg, m.num_classes or len(class_names))
+    model = build_model(cfg.model, m.num_classes or len(class_names))
     if pretrained:
         load_pretrained_backbone(model, m)
         if m.init_from:

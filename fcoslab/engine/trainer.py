@@ -19,10 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as dist
 from ..runfolder import RunFolder, rng_state, set_rng_state
-from ..config import Config, anchor_paths, config_from_dict, validate
+from ..config import Config, anchor_paths, config_from_dict, metric_keys, validate
 from ..data import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
 from ..errors import FcoslabError
-from ..evaluation.coco import Evaluation, coco_backend, evaluate_model, metric_keys
+from ..evaluation.coco import Evaluation, coco_backend, evaluate_model
 from ..inference.predictor import choose_precision, inference_layout, training_layout
 from ..modeling.loss import FCOSCriterion
 from ..modeling.finetune import apply_freeze
@@ -60,10 +60,7 @@ class Trainer:
         self.cfg, self.folder = cfg, RunFolder(out)
         self.progress, self.on_step, self.on_eval = progress, on_step, on_eval
         coco_backend(cfg.eval.backend)  # a missing faster-coco-eval is said now, not after an epoch
-        if cfg.eval.best_metric not in metric_keys(cfg.eval.metrics):
-            raise FcoslabError(f"config key 'eval.best_metric': '{cfg.eval.best_metric}' is not recorded with "
-                               f"eval.metrics={cfg.eval.metrics}; choose one of {', '.join(metric_keys(cfg.eval.metrics))}")
-        self.device, self.rank, self.world = setup_device(cfg.train)
+        self.device, self.rank, self.world = setup_device(cfg.runtime, cfg.train.batch_size)
         self.unsaved = dist.is_main() and not self.folder.has_checkpoint()  # cleaned up if it fails unsaved
         try:
             self._prepare(checkpoint)
@@ -89,7 +86,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.train)
         self.trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
         self.criterion = FCOSCriterion(cfg.assign, cfg.loss, all_reduce=dist.all_reduce_mean)
-        self.precision = choose_precision(cfg.train.amp, self.device)
+        self.precision = choose_precision(cfg.runtime.precision, self.device)
         if dist.is_main():
             log.info("precision: %s on %s (%s)", self.precision.name, self.device, self.precision.reason)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.dtype == torch.float16)

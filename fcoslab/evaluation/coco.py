@@ -14,13 +14,12 @@ import numpy as np
 import torch
 
 from ..boxes import xyxy_to_xywh
-from ..config import Config
+from ..config import COCO_STATS, Config, key_choices
 from ..data.formats.coco import CocoIndex, coco_api
 from ..errors import FcoslabError
 from ..inference.predictor import Precision, Predictor, predict_batches
 
-COCO_BACKENDS = ("pycocotools", "faster")
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES = COCO_STATS  # COCO's 12 summary numbers, the history keys of a COCO evaluation
 _SUMMARY_ROWS = [  # (metric, iou, area, maxDets) in the order pycocotools prints them
     ("Average Precision", "0.50:0.95", "all", 100), ("Average Precision", "0.50", "all", 100),
     ("Average Precision", "0.75", "all", 100), ("Average Precision", "0.50:0.95", "small", 100),
@@ -84,7 +83,7 @@ def coco_backend(backend: str = "pycocotools"):
             pass
 
         return partial(COCO, print_function=quiet), partial(COCOeval_faster, print_function=quiet)
-    raise FcoslabError(f"config key 'eval.backend': '{backend}' is not one of {', '.join(COCO_BACKENDS)}")
+    raise FcoslabError(f"config key 'eval.backend': '{backend}' is not one of {', '.join(key_choices('eval.backend'))}")
 
 
 def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] = None,
@@ -113,18 +112,18 @@ def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] 
 
 
 def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
-    """Batches of at most ``train.eval_batch_size`` images of one padded size, planned from the images'
+    """Batches of at most ``eval.batch_size`` images of one padded size, planned from the images'
     sizes (:func:`fcoslab.data.size_grouped_batches`), ordered by their first image; process ``rank``
     takes batches rank, rank + world, ... Each item the loader yields is a list of collated batches (one,
     unless a file's size differed from its json: :func:`fcoslab.data.collate_by_padded_size`).
 
     Every image is padded to its own multiple of the size divisibility, as it would be alone, so its
-    detections depend neither on ``train.eval_batch_size`` nor on the number of processes (nor on the
+    detections depend neither on ``eval.batch_size`` nor on the number of processes (nor on the
     dataset's order); a set of one padded size gets the consecutive batches of before.
     """
     from ..data import collate_by_padded_size_fn, make_loader, planned_padded_shapes, size_grouped_batches
 
-    batches = size_grouped_batches(planned_padded_shapes(dataset, cfg), cfg.train.eval_batch_size)
+    batches = size_grouped_batches(planned_padded_shapes(dataset, cfg), cfg.eval.batch_size)
     batches = [[(i, 0) for i in batch] for batch in batches]
     return make_loader(dataset, batches[rank::world], cfg, collate=collate_by_padded_size_fn(cfg))
 
@@ -181,12 +180,6 @@ class Evaluation:
         return out
 
 
-def metric_keys(metrics: str) -> list[str]:
-    """The scalar history keys an evaluation with ``eval.metrics=metrics`` records."""
-    coco = list(STAT_NAMES) if metrics in ("coco", "both") else []
-    return coco + (["voc_mAP", "voc_mAP50", "voc_mAP50_11pt", "voc_mAP75"] if metrics in ("voc", "both") else [])
-
-
 def score_results(gt: dict, results: list[dict], class_names: list[str], metrics: str = "coco",
                   backend: str = "pycocotools") -> Evaluation:
     """Score COCO ``results`` against ``gt`` with the metrics ``eval.metrics`` names, COCO's computed by
@@ -213,7 +206,7 @@ def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision:
     ``cat_ids`` maps the model's labels to category ids (default: the dataset's own). Under torchrun each
     process detects on its share of the batches and rank 0 scores the gathered results, put back in
     dataset order (:func:`merge_shards`); other ranks return None. The results are those of one process
-    and of any ``train.eval_batch_size``, bit for bit on a CPU with the same number of threads per
+    and of any ``eval.batch_size``, bit for bit on a CPU with the same number of threads per
     process (:class:`fcoslab.inference.predictor.BatchInvariantConv2d` says why the thread count matters).
     """
     from .. import distributed as dist

@@ -32,7 +32,7 @@ from ..modeling.model import build_model
 log = logging.getLogger("fcoslab")
 
 
-def resolve_device(name: str, source: str = "config key 'train.device'") -> torch.device:
+def resolve_device(name: str, source: str = "config key 'runtime.device'") -> torch.device:
     """``auto`` is CUDA when available, else the CPU; ``cuda[:N]`` without CUDA is a user error that names
     ``source``, where the value came from (a config key, or a command's ``--device``)."""
     if name == "auto":
@@ -104,34 +104,34 @@ class Precision:
 
 
 def choose_precision(amp: str, device: torch.device) -> Precision:
-    """The precision rule of ``train.amp`` (used for training and for every inference of a run).
+    """The precision rule of ``runtime.precision`` (used for training and for every inference of a run).
 
     ``auto``: on CUDA bfloat16 where the GPU supports it, else float16 (with a gradient scaler); on a CPU
     bfloat16 only where it is native (AVX512-BF16 or AMX), float32 otherwise. ``bf16`` / ``fp16`` are
     honoured everywhere, with a warning where the CPU would emulate them; ``off`` is float32.
     """
     if amp == "off":
-        return Precision(None, "train.amp=off")
+        return Precision(None, "runtime.precision=off")
     if device.type == "cuda":
         if amp == "auto":
             if torch.cuda.is_bf16_supported(including_emulation=False):
                 return Precision(torch.bfloat16, "auto: this GPU supports bfloat16")
             return Precision(torch.float16, "auto: this GPU has no bfloat16, float16 with a gradient scaler")
-        return Precision(_AMP_DTYPES[amp], f"train.amp={amp}")
+        return Precision(_AMP_DTYPES[amp], f"runtime.precision={amp}")
     if device.type != "cpu":
         return Precision(None, f"auto: float32 on {device.type}") if amp == "auto" else \
-            Precision(_AMP_DTYPES[amp], f"train.amp={amp}")
+            Precision(_AMP_DTYPES[amp], f"runtime.precision={amp}")
     native, why = native_cpu_bf16()
     if amp == "auto":
         return Precision(torch.bfloat16 if native else None, f"auto: {why}")
     if amp == "bf16":
         if not native:
-            log.warning("train.amp=bf16 on a CPU without native bfloat16 (%s): expect each step to be about 10x "
-                        "slower than in float32; train.amp=auto picks float32 here", why)
-        return Precision(torch.bfloat16, "train.amp=bf16")
-    log.warning("train.amp=fp16 on a CPU: float16 is emulated on most CPUs and is usually slower than float32; "
-                "train.amp=auto picks the fastest precision")
-    return Precision(torch.float16, "train.amp=fp16")
+            log.warning("runtime.precision=bf16 on a CPU without native bfloat16 (%s): expect each step to be about 10x "
+                        "slower than in float32; runtime.precision=auto picks float32 here", why)
+        return Precision(torch.bfloat16, "runtime.precision=bf16")
+    log.warning("runtime.precision=fp16 on a CPU: float16 is emulated on most CPUs and is usually slower than float32; "
+                "runtime.precision=auto picks the fastest precision")
+    return Precision(torch.float16, "runtime.precision=fp16")
 
 
 def channels_last_inference(device: torch.device) -> bool:
@@ -270,7 +270,7 @@ def predict_batches(model, batches, cfg, device: torch.device, precision: Precis
 class Predictor:
     """A trained detector: ``Predictor("runs/shapes")`` or ``Predictor("runs/shapes/last.pt")``.
 
-    It runs in the run's precision rule (``train.amp``) on ``device``, with the run's evaluation
+    It runs in the run's precision rule (``runtime.precision``) on ``device``, with the run's evaluation
     transforms, so its detections are those that evaluation scored.
 
     Example::
@@ -283,7 +283,7 @@ class Predictor:
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", amp: Optional[str] = None):
-        """``amp`` replaces the run's ``train.amp`` rule (``"off"``: float32)."""
+        """``amp`` replaces the run's ``runtime.precision`` rule (``"off"``: float32)."""
         if not Path(checkpoint).exists():
             where = "" if Path(checkpoint).is_absolute() else f" (that is {Path(checkpoint).resolve()})"
             raise FcoslabError(f"checkpoint {checkpoint} does not exist{where}: give a run folder or its .pt file, "
@@ -292,8 +292,8 @@ class Predictor:
         ckpt = load_checkpoint(checkpoint)
         self.cfg = config_from_dict(ckpt["config"])
         self.device = resolve_device(device, "device (--device)")
-        self.precision = choose_precision(amp or self.cfg.train.amp, self.device)
-        self.model = build_model(self.cfg, ckpt["num_classes"])
+        self.precision = choose_precision(amp or self.cfg.runtime.precision, self.device)
+        self.model = build_model(self.cfg.model, ckpt["num_classes"])
         self.model.load_state_dict(ckpt["model"])
         self.model.to(self.device).eval()
         inference_layout(self.model, self.device)
@@ -309,10 +309,10 @@ class Predictor:
     def __call__(self, images: Sequence[Image.Image], batch_size: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
         """Detections for PIL images, in their order: one dict per image with ``boxes`` float (N, 4) xyxy
         pixels of the image as given, ``scores`` (N,), ``labels`` int64 (N,). Images of one padded size
-        are batched together, at most ``batch_size`` (default: the run's ``train.eval_batch_size``) at a
+        are batched together, at most ``batch_size`` (default: the run's ``eval.batch_size``) at a
         time, so an image's detections do not depend on the others given with it
         (:mod:`fcoslab.data.batching`)."""
-        size = batch_size or self.cfg.train.eval_batch_size
+        size = batch_size or self.cfg.eval.batch_size
         samples = [self._prepare(im) for im in images]
         d = self.cfg.model.size_divisibility
         batches = size_grouped_batches([padded_shape(*image.shape[-2:], d) for image, _ in samples], size)

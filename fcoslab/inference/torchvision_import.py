@@ -126,7 +126,7 @@ def import_torchvision(weights: str | Path, out: str | Path, class_names: Option
     if len(class_names) != num_classes:
         raise FcoslabError(f"{weights} has {num_classes} classes but {len(class_names)} names were given")
     cfg: Config = load_config(PRESET, {"model.num_classes": num_classes, **(overrides or {})})
-    model = build_model(cfg, num_classes)
+    model = build_model(cfg.model, num_classes)
     load_torchvision_fcos(model, state, str(weights))
     folder = RunFolder(out)
     folder.check_writable()

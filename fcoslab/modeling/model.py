@@ -283,7 +283,8 @@ class FCOS(nn.Module):
                 "strides": strides, "level_sizes": sizes}
 
 
-def build_model(cfg: Config, num_classes: int) -> FCOS:
+def build_model(cfg: ModelConfig, num_classes: int) -> FCOS:
+    """The FCOS network of a config's ``model`` section, for ``num_classes`` classes."""
     if num_classes < 1:
         raise FcoslabError(f"the model needs at least one class, got num_classes={num_classes}")
-    return FCOS(cfg.model, num_classes)
+    return FCOS(cfg, num_classes)

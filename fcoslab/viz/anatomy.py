@@ -31,7 +31,7 @@ def walk_batch(cfg: Config, dataset: CocoDetection, n: int = 2, run: Optional[st
     transform = build_transforms(cfg.data, train=False)
     batch = collate_fn(cfg)([transform(*dataset.raw_item(i)) for i in range(min(n, len(dataset)))])
     torch.manual_seed(seed)
-    model = build_model(cfg, dataset.index.num_classes)
+    model = build_model(cfg.model, dataset.index.num_classes)
     if run is not None:
         model.load_state_dict(load_checkpoint(run)["model"])
     model.eval()

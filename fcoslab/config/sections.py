@@ -1,0 +1,198 @@
+"""The sections of a config, one frozen dataclass each: every key with its type, default and meaning.
+
+The comment written with a field is its documentation (``fcoslab config PRESET --explain``, docs/config.md),
+and a ``Literal[...]`` type is the list of its valid values, checked when a value is typed (:mod:`.coerce`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_ann: str = "data/shapes/train.json"  # COCO json of the training set
+    train_images: str = "data/shapes/train"  # folder its file_name entries are relative to
+    val_ann: str = "data/shapes/val.json"  # COCO json of the validation set
+    val_images: str = "data/shapes/val"  # folder of the validation images
+    # Training resize: shorter side drawn from min_size (scale jitter), longer side at most max_size.
+    min_size: tuple[int, ...] = (800,)
+    max_size: int = 1333  # longer side at most this (training and evaluation)
+    test_min_size: int = 800  # evaluation and prediction: shorter side
+    hflip: float = 0.5  # probability of a horizontal flip in training
+    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength in training; 0 = off
+    num_workers: int = 2  # data-loader processes (0: load in the training process)
+    cache_images: bool = False  # keep decoded images in memory (small datasets; use with num_workers=0)
+    # Before the first epoch, check every training and validation image: header (format, size, and that the
+    # file is complete), deep (decode each in full) or off (fcoslab.data.image_check)
+    check_images: Literal["header", "deep", "off"] = "header"
+    # antialias: uint8 resize with antialiasing to round(side * scale); interpolate: torchvision's detection
+    # transform (float bilinear without antialiasing, sides floor(side * scale)), for imported torchvision models
+    resize: Literal["antialias", "interpolate"] = "antialias"
+    # >0: square inputs of this side: training takes a random resized crop (area 30-100%, aspect 3:4-4:3) of
+    # the image, evaluation resizes the whole image to the square (aspect not kept); min_size etc. unused
+    square_size: int = 0
+    min_box_area: float = 0.0  # training boxes smaller than this (px^2, after the resize) are dropped
+    keep_small_boxes: bool = False  # keep boxes under 1 px wide or high (after the resize), as torchvision does
+    pad_with_mean: bool = False  # pad with the ImageNet mean colour, i.e. zeros after normalisation (torchvision)
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """The generated shapes set that ``data``'s paths point at (a config without this section never
+    generates anything): made into the annotation files' folder when missing or made otherwise."""
+    train: int = 4608  # training images generated
+    val: int = 128  # validation images generated
+    image_size: int = 128  # side of the square images, px
+    seed: int = 0  # generator seed
+    min_side: float = 0.12  # smallest object side as a fraction of image_size
+
+
+# pyramids: P3 or P2 up to P5 from the backbone, then none, P6 or P6-P7
+VALID_STRIDES = tuple(tuple(2 ** k for k in range(first, last + 1)) for first in (3, 2) for last in (5, 6, 7))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 0  # 0: taken from the training annotation file
+    backbone: Literal["resnet10", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"  # the ResNet depth
+    backbone_width: int = 64  # channels of the first stage (resnet10/18/34 only; 64 = torchvision's)
+    backbone_weights: str = ""  # local state_dict file; "" = random init
+    torchvision_weights: bool = False  # use torchvision's weight enum (needs network or its cache)
+    init_from: str = ""  # a run folder or checkpoint: every tensor whose name and shape fit (fcoslab.modeling.finetune)
+    init_class_map: tuple[str, ...] = ()  # "old:new" class names whose classifier rows carry over (equal names do)
+    frozen_bn: bool = True  # backbone BatchNorm with fixed statistics and affine (pretrained backbones)
+    freeze_at: int = 2  # 0 none, 1 stem, 2 stem + layer1, ... up to 5
+    fpn_channels: int = 256  # channels of the FPN and the heads
+    p6_from: Literal["p5", "c5"] = "p5"  # P6 from the FPN's P5 or the backbone's C5
+    head_convs: int = 4  # 3x3 convs in each head tower
+    head_norm: Literal["gn", "none"] = "gn"  # GroupNorm(32) in the head towers, or none
+    centerness: bool = True  # predict center-ness (on the regression tower) and use it in scores
+    regression: Literal["exp", "relu_stride"] = "relu_stride"  # exp(x) * scale, or relu(x) * scale * stride
+    # P3-P7; (8, 16, 32) = P3-P5 only; (4, 8, ...) adds P2 for small objects (VALID_STRIDES lists them)
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    point_offset: float = 0.5  # points at (i + offset) * stride; torchvision's FCOS uses 0
+    # stride: points spaced by the level's stride; input_ratio: by padded input size // level size, as
+    # torchvision's anchor generator does (differs on P6/P7 when inputs are padded to less than 128)
+    point_spacing: Literal["stride", "input_ratio"] = "stride"
+    level_scales: bool = True  # a learnt scale per level on the regression (torchvision's FCOS has none)
+    pad_multiple: int = 0  # inputs padded to a multiple of this; 0 = the largest stride
+    prior_prob: float = 0.01  # initial foreground probability of the classifier's bias
+    channels_last: bool = False  # channels-last memory format in training
+
+    @property
+    def size_divisibility(self) -> int:
+        """Inputs are padded to a multiple of ``pad_multiple``, by default the largest stride, so that each
+        level is exactly half the one below (any multiple works: each level is ceil(half) of the one below)."""
+        return self.pad_multiple or max(self.strides)
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    # per level (lo, hi): a point may learn a box when max(l, t, r, b) is in [lo, hi] (assign.range_bounds)
+    regress_ranges: tuple[tuple[float, float], ...] = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8))
+    center_radius: Optional[float] = 1.5  # None turns center sampling off
+    range_bounds: Literal["closed", "open"] = "closed"  # closed: lo <= max(l, t, r, b) <= hi; open: lo < max < hi (torchvision's FCOS)
+    area_order: Literal["exact", "float32_1e8"] = "exact"  # exact: smallest area wins; float32_1e8: torchvision's max of float32(1e8 - area)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    box: Literal["iou", "giou"] = "giou"  # iou: -log IoU; giou: 1 - GIoU
+    focal_alpha: float = 0.25  # focal loss weight of positives
+    focal_gamma: float = 2.0  # focal loss focusing exponent
+    box_weight: float = 1.0  # weight of the box (GIoU/IoU) loss
+    centerness_weighted_box: bool = True  # weight box loss by center-ness targets (when center-ness is on)
+    num_pos_per_process: bool = False  # True: each process divides by its own positives (torchvision under DDP)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    score_thresh: float = 0.05  # candidates below this score are dropped
+    pre_nms_topk: int = 1000  # per level
+    nms_thresh: float = 0.6  # IoU of class-aware NMS
+    class_agnostic_nms: bool = False  # True: boxes of different classes suppress each other too
+    max_detections: int = 100  # detections kept an image
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12  # length of the run
+    # Images per epoch; 0 = one pass over the training set. A fixed number gives a run the same length
+    # (steps, warm-up, decays, evaluations) on any dataset: an epoch then draws that many images, pass
+    # after pass over the set.
+    images_per_epoch: int = 0
+    batch_size: int = 16  # global: split over processes under torchrun
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD with momentum, or AdamW
+    lr: float = 0.01  # peak learning rate (for the global batch)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # on weights only (not norms, biases, scales)
+    warmup_iters: int = 500  # at most a quarter of the run
+    warmup_factor: float = 1.0 / 3  # learning rate at step 0, a fraction of lr
+    lr_schedule: Literal["step", "cosine"] = "step"  # step: x lr_gamma at each of lr_steps; cosine: to 0 at the last step
+    lr_steps: tuple[float, ...] = (8, 11)  # epochs (fractions allowed) after which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1  # factor at each of lr_steps
+    grad_clip: float = 0.0  # 0 = off
+    freeze: Literal["none", "backbone", "backbone_fpn"] = "none"  # backbone_fpn: head only; parameters kept fixed (fcoslab.modeling.finetune)
+    freeze_epochs: int = 0  # ... for the first N epochs; 0 = the whole run
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    checkpoint_every: int = 0  # iterations between mid-epoch checkpoints; 0 = epoch ends only
+    # Minutes between mid-epoch checkpoints (0 = off): a kill -9 loses at most this; Ctrl-C/SIGTERM save at once
+    checkpoint_minutes: float = 10.0
+    max_nonfinite: int = 5  # consecutive non-finite losses that stop training
+    seed: int = 0  # initialisation, order of images and augmentations
+    tensorboard: bool = False  # also log to RUN/tensorboard (history.json stays the record)
+    log_every: int = 20  # steps between TensorBoard's loss and lr points (also step 1, and the last before an eval)
+
+
+# The scalar history keys of an evaluation: COCO's 12 summary numbers (in pycocotools' order), VOC's AP
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+VOC_STATS = ("voc_mAP", "voc_mAP50", "voc_mAP50_11pt", "voc_mAP75")
+
+
+def metric_keys(metrics: str) -> list[str]:
+    """The scalar history keys an evaluation with ``eval.metrics=metrics`` records."""
+    return list(COCO_STATS) * (metrics in ("coco", "both")) + list(VOC_STATS) * (metrics in ("voc", "both"))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What every evaluation computes and records in ``history.json``."""
+    metrics: Literal["coco", "voc", "both"] = "coco"  # COCO's 12 numbers and per-class AP; VOC AP (fcoslab.evaluation.voc)
+    best_metric: str = "AP"  # the history key (higher is better) that picks best.pt, e.g. AP50 or voc_mAP50
+    backend: Literal["pycocotools", "faster"] = "pycocotools"  # faster-coco-eval, the same COCO numbers (1e-4) sooner
+    batch_size: int = 8  # images per evaluation batch (per process), in training's evaluations, evaluate and predict
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and in what precision the model runs: training, evaluation and prediction alike."""
+    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda | cuda:N
+    # auto: on CUDA bfloat16 where supported, else float16; on a CPU bfloat16 where native (AVX512-BF16/AMX),
+    # else float32. fp16 and bf16 force that autocast precision, off is float32
+    precision: Literal["auto", "fp16", "bf16", "off"] = "auto"
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    shapes: Optional[ShapesConfig] = None  # the generated set the data paths point at, if any
+    model: ModelConfig = field(default_factory=ModelConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with ``{"train.epochs": 2, ...}``-style overrides applied (checked like the CLI's)."""
+        from .core import apply_overrides
+
+        return apply_overrides(self, overrides)
