@@ -133,7 +133,8 @@ def _cmd_train(args) -> None:
             raise FcoslabError("--resume continues a run with its own saved config; drop --config "
                                "(--set may change training keys, e.g. train.epochs=24)")
         overrides = parse_overrides(args.set)
-        history = train(None, args.resume, resume=True, progress=not args.quiet, resume_overrides=overrides)
+        history = train(None, args.resume, resume=True, progress=not args.quiet, resume_overrides=overrides,
+                        reschedule=args.reschedule)
         out = args.resume
     else:
         if args.out is None:
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--force", action="store_true", help="start over in a run folder that holds a run")
+    p.add_argument("--reschedule", action="store_true",
+                   help="with --resume: accept --set values that change the part of the schedule already trained")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 

@@ -188,7 +188,7 @@ def validate(cfg: Config) -> None:
     if m.fpn_channels < 2 or m.fpn_channels % 2:
         raise FcoslabError(f"config key 'model.fpn_channels' must be an even number of at least 2, got {m.fpn_channels}")
     for key, value in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
-                       ("data.max_size", cfg.data.max_size), ("train.eval_every", cfg.train.eval_every),
+                       ("data.max_size", cfg.data.max_size), ("train.eval_every", cfg.train.eval_every), ("train.accumulate", cfg.train.accumulate),
                        ("eval.batch_size", cfg.eval.batch_size), ("train.log_every", cfg.train.log_every)):
         if value < 1:
             raise FcoslabError(f"config key '{key}' must be at least 1, got {value}")
@@ -220,3 +220,11 @@ def validate(cfg: Config) -> None:
         raise FcoslabError(f"config key 'runtime.device' is '{device}': expected auto, cpu, cuda or cuda:N")
     if cfg.runtime.threads < 0:
         raise FcoslabError(f"config key 'runtime.threads' must be 0 (torch's default) or positive, got {cfg.runtime.threads}")
+    t = cfg.train
+    if t.batch_size % t.accumulate:
+        raise FcoslabError(f"config key 'train.accumulate' ({t.accumulate}) must divide train.batch_size ({t.batch_size})")
+    if t.ema and not (0.0 < t.ema_decay < 1.0 and t.ema_warmup >= 0):
+        raise FcoslabError(f"config keys 'train.ema_decay' must be in (0, 1) and 'train.ema_warmup' at least 0, got "
+                           f"{t.ema_decay} and {t.ema_warmup}")
+    if t.early_stop < 0:
+        raise FcoslabError(f"config key 'train.early_stop' must be 0 (off) or a number of evaluations, got {t.early_stop}")

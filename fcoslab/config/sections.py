@@ -124,7 +124,10 @@ class TrainConfig:
     # (steps, warm-up, decays, evaluations) on any dataset: an epoch then draws that many images, pass
     # after pass over the set.
     images_per_epoch: int = 0
-    batch_size: int = 16  # global: split over processes under torchrun
+    batch_size: int = 16  # global images per optimizer step: split over processes under torchrun
+    # micro-batches each process's share is split into, one forward and backward each, before one optimizer step:
+    # the same step as one batch (the loss is normalised over the whole batch), in less memory
+    accumulate: int = 1
     optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD with momentum, or AdamW
     lr: float = 0.01  # peak learning rate (for the global batch)
     momentum: float = 0.9  # SGD momentum
@@ -142,6 +145,12 @@ class TrainConfig:
     # Minutes between mid-epoch checkpoints (0 = off): a kill -9 loses at most this; Ctrl-C/SIGTERM save at once
     checkpoint_minutes: float = 10.0
     max_nonfinite: int = 5  # consecutive non-finite losses that stop training
+    # an exponential moving average of the weights (fcoslab.engine.ema): evaluated beside the raw weights, and the
+    # weights that best.pt, predict and export use
+    ema: bool = False
+    ema_decay: float = 0.9998  # the average's decay once warmed up (YOLOX's and mmdetection's default)
+    ema_warmup: float = 2000.0  # steps over which the decay rises from 0 (1 - exp(-updates / ema_warmup))
+    early_stop: int = 0  # stop after this many evaluations without a better eval.best_metric; 0 = off
     seed: int = 0  # initialisation, order of images and augmentations
     tensorboard: bool = False  # also log to RUN/tensorboard (history.json stays the record)
     log_every: int = 20  # steps between TensorBoard's loss and lr points (also step 1, and the last before an eval)
@@ -164,6 +173,7 @@ class EvalConfig:
     best_metric: str = "AP"  # the history key (higher is better) that picks best.pt, e.g. AP50 or voc_mAP50
     backend: Literal["pycocotools", "faster"] = "pycocotools"  # faster-coco-eval, the same COCO numbers (1e-4) sooner
     batch_size: int = 8  # images per evaluation batch (per process), in training's evaluations, evaluate and predict
+    loss: bool = True  # also record the validation loss (its terms: val_loss, val_loss_cls, ...) in training's evaluations
 
 
 @dataclass(frozen=True)

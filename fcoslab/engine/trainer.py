@@ -19,46 +19,41 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as dist
 from ..runfolder import RunFolder, rng_state, set_rng_state
-from ..config import Config, anchor_paths, config_from_dict, metric_keys, validate
+from ..config import Config, config_from_dict, validate
 from ..data import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
 from ..errors import FcoslabError
-from ..evaluation.coco import Evaluation, coco_backend, evaluate_model
-from ..inference.predictor import choose_precision, inference_layout, training_layout
+from ..evaluation.coco import Evaluation, coco_backend
+from ..inference.predictor import choose_precision
 from ..modeling.loss import FCOSCriterion
 from ..modeling.finetune import apply_freeze
+from .accumulate import accumulate_gradients, micro_batches
+from .ema import ModelEMA
 from .optim import lr_factor, make_optimizer
+from .resume import check_change, resumed_config
 from .setup import build_training_model, check_dataset_images, setup_device
 from .stopping import StopRequests, TrainingStopped, signal_name
 from .tensorboard_log import TensorBoardLog
+from .validation import early_stop_reason, epoch_evaluations, history_record, summary_line
 
 log = logging.getLogger("fcoslab")
-
-
-def resumed_config(checkpoint: dict, overrides: Optional[dict] = None) -> Config:
-    """A checkpoint's config with training overrides (``train.epochs=24``, ...); the model stays as it was."""
-    cfg = config_from_dict(checkpoint["config"])
-    if overrides:
-        if any(k.startswith("model.") for k in overrides) or "train.optimizer" in overrides:
-            raise FcoslabError("a resumed run keeps its model and optimizer: model.* keys and train.optimizer "
-                               "cannot be overridden with --resume")
-        cfg = cfg.replace(**anchor_paths(overrides, Path.cwd()))
-        validate(cfg)
-    return cfg
 
 
 class Trainer:
     """One training run in a run folder. ``run()`` trains to the configured number of epochs.
 
     ``Trainer(cfg, out)`` starts a run; ``Trainer.from_run(out)`` continues the one saved there.
-    ``self.model`` is the bare model (what is saved and evaluated); ``self.step_model`` is what a training
-    step calls: DistributedDataParallel around it under torchrun, the model itself in one process.
+    ``self.model`` is the bare model (what is trained); ``self.step_model`` is what a training step calls:
+    DistributedDataParallel around it under torchrun, the model itself in one process. With ``train.ema``,
+    ``self.ema.model`` is the average that is evaluated first and saved as the checkpoint's ``model``
+    (``train_model`` then holds the trained weights).
     """
 
-    def __init__(self, cfg: Config, out: str | Path, progress: bool = True,
+    def __init__(self, cfg: Config, out: str | Path | RunFolder, progress: bool = True,
                  on_step: Optional[Callable[[dict], None]] = None, on_eval: Optional[Callable[[dict], None]] = None,
-                 checkpoint: Optional[dict] = None):
-        self.cfg, self.folder = cfg, RunFolder(out)
-        self.progress, self.on_step, self.on_eval = progress, on_step, on_eval
+                 checkpoint: Optional[dict] = None, reschedule: bool = False):
+        validate(cfg)  # a config built in Python may not have been checked
+        self.cfg, self.folder = cfg, out if isinstance(out, RunFolder) else RunFolder(out)
+        self.progress, self.on_step, self.on_eval, self.reschedule = progress, on_step, on_eval, reschedule
         coco_backend(cfg.eval.backend)  # a missing faster-coco-eval is said now, not after an epoch
         self.device, self.rank, self.world = setup_device(cfg.runtime, cfg.train.batch_size)
         self.unsaved = dist.is_main() and not self.folder.has_checkpoint()  # cleaned up if it fails unsaved
@@ -86,22 +81,22 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.train)
         self.trainable = {name: p.requires_grad for name, p in self.model.named_parameters()}
         self.criterion = FCOSCriterion(cfg.assign, cfg.loss, all_reduce=dist.all_reduce_mean)
+        self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema else None
         self.precision = choose_precision(cfg.runtime.precision, self.device)
         if dist.is_main():
             log.info("precision: %s on %s (%s)", self.precision.name, self.device, self.precision.reason)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.dtype == torch.float16)
         self.batches_per_epoch = EpochBatchSampler(len(self.train_set), cfg.train.batch_size, 0, 1, cfg.train.seed,
                                                    epoch_length=cfg.train.images_per_epoch).num_batches
-        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
-        self.history: list[dict] = []
-        self.nonfinite_total = 0
+        self.epoch, self.step, self.batch_in_epoch, self.nonfinite_total = 0, 0, 0, 0
+        self.history: list[dict] = []  # one record per evaluation
         self.elapsed = 0.0  # seconds of training and evaluation, summed over resumes
         self.epoch_sums: dict[str, float] = {}  # loss parts summed over the current epoch's finite steps...
         self.epoch_count = 0  # ... and their number (saved mid-epoch, so a resumed epoch's means are exact)
         self.epoch_losses: dict[str, float] = {}  # means of the last finished epoch, for its evaluation record
         self.pending_eval = False  # the last finished epoch is saved but not yet evaluated
-        self.stop: Optional[StopRequests] = None
-        self.stop_agreed = self.save_due = False
+        self.stop: Optional[StopRequests] = None  # while run() runs: the signals asked for
+        self.stop_agreed, self.save_due = False, False  # the ranks agreed to stop / to checkpoint now
         self.last_save = time.monotonic()
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -126,11 +121,12 @@ class Trainer:
         if "optimizer" not in checkpoint:  # written by fcoslab import-torchvision
             raise FcoslabError(f"{out} holds imported weights, not a training run to continue: fine-tune from it with "
                                f"fcoslab train --config tv_fcos_r50 --out NEW_RUN --set model.init_from={out}")
-        return cls(resumed_config(checkpoint, overrides), out, checkpoint=checkpoint, **kwargs)
+        return cls(resumed_config(checkpoint, overrides), folder, checkpoint=checkpoint, **kwargs)
 
-    # ----------------------------------------------------------------- checkpoints
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        weights = {"model": self.model.state_dict()} if self.ema is None else \
+            {"model": self.ema.state_dict(), "train_model": self.model.state_dict(), "ema_updates": self.ema.updates}
+        return {**weights, "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
                 "batch_in_epoch": self.batch_in_epoch, "config": self.cfg.to_dict(),
                 "num_classes": self.model.num_classes, "cat_ids": list(self.index.cat_ids),
@@ -140,7 +136,14 @@ class Trainer:
                 "pending_eval": self.pending_eval}
 
     def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        old = config_from_dict(ckpt["config"]).train
+        if old != self.cfg.train:  # extending or changing the schedule: said, or refused where it rewrites the past
+            change = check_change(old, self.cfg.train, self.batches_per_epoch, ckpt["step"], self.reschedule)
+            if dist.is_main():
+                log.info("%s", change)
+        self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+        if self.ema is not None:  # a run that turns train.ema on when resumed starts its average here
+            self.ema.load(ckpt["model"] if "train_model" in ckpt else self.model.state_dict(), ckpt.get("ema_updates", 0))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"] and self.scaler.is_enabled():  # empty when the run was saved without float16
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -165,7 +168,6 @@ class Trainer:
         if dist.is_main() and self.unsaved and not self.folder.has_checkpoint():
             self.folder.remove_unsaved()
 
-    # ----------------------------------------------------------------- steps
     def _agree(self, finite: Tensor) -> float:
         """One all-reduce a step (the sync the loss check needs anyway) that also makes every rank agree on
         a stop request (any rank's signal) and on a time-based checkpoint (any rank's clock). Returns the
@@ -188,22 +190,45 @@ class Trainer:
         gt_labels = batch["gt_labels"].to(self.device, non_blocking=True)
         if self.cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with self.precision.autocast(self.device):
-            outputs = self.step_model(images)
-        losses, _ = self.criterion(outputs, gt_boxes, gt_labels)
-        if self._agree(torch.isfinite(losses["loss"]).float()) < 1.0:  # every rank skips together
+        if self.cfg.train.accumulate > 1:
+            losses = self._accumulated_step({**batch, "images": images, "gt_boxes": gt_boxes, "gt_labels": gt_labels})
+            if losses is None:
+                return None
+        else:
+            with self.precision.autocast(self.device):
+                outputs = self.step_model(images)
+            losses, _ = self.criterion(outputs, gt_boxes, gt_labels)
+            if self._agree(torch.isfinite(losses["loss"]).float()) < 1.0:  # every rank skips together
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
             self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
+            self.scaler.scale(losses["loss"]).backward()
         if self.cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         names = list(losses)
         values = dist.all_reduce_mean(torch.stack([losses[k].detach().float() for k in names])).tolist()  # one sync
         return {**dict(zip(names, values)), "lr": lr}
+
+    def _accumulated_step(self, batch: dict) -> Optional[dict]:
+        """Gradients of ``batch`` from ``train.accumulate`` micro-batches (:mod:`fcoslab.engine.accumulate`);
+        the loss parts, or None (gradients cleared) when a loss was not finite on any rank."""
+        def forward(chunk):
+            with self.precision.autocast(self.device):
+                return self.step_model(chunk["images"])
+
+        no_sync = self.step_model.no_sync if self.world > 1 else contextlib.nullcontext
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, finite = accumulate_gradients(micro_batches(batch, self.cfg.train.accumulate), forward, self.criterion,
+                                              lambda loss: self.scaler.scale(loss).backward(), no_sync, self.model)
+        if self._agree(finite) < 1.0:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        return losses
 
     def train_epoch(self) -> None:
         """Train the rest of the current epoch (all of it, or what a resumed checkpoint left), summing the
@@ -260,21 +285,11 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.step(record)
 
-    def evaluate(self) -> Optional[Evaluation]:
-        """The metrics of ``eval.metrics`` on the validation set, exactly as ``fcoslab evaluate`` computes
-        them for the saved checkpoint; batches are shared out over processes, results gathered on rank 0
-        (other ranks get None)."""
-        dist.broadcast_buffers(self.model)  # every process evaluates the model that rank 0 saves
-        self.model.eval()
-        changed = inference_layout(self.model, self.device)
-        try:
-            evaluation = evaluate_model(self.model, self.val_set, self.cfg, self.device, self.precision,
-                                        self.rank, self.world)
-        finally:
-            if changed:
-                training_layout(self.model)
-            self.model.train()
-        return evaluation
+    def _evaluations(self) -> tuple[Optional[Evaluation], dict]:
+        """:func:`fcoslab.engine.validation.epoch_evaluations` of the saved weights (and the raw ones)."""
+        saved, raw = (self.model, None) if self.ema is None else (self.ema.model, self.model)
+        return epoch_evaluations(saved, raw, self.val_set, self.cfg, self.criterion, self.device, self.precision,
+                                 self.rank, self.world)
 
     def run(self) -> list[dict]:
         """Train to ``train.epochs``. Each epoch's end is saved before it is evaluated, so a failed evaluation
@@ -287,7 +302,7 @@ class Trainer:
                 while True:
                     if self.pending_eval:
                         self._evaluate_epoch()
-                    if self.epoch >= cfg.train.epochs:
+                    if self.epoch >= cfg.train.epochs or self._early_stop():
                         break
                     started = time.time()
                     if apply_freeze(self.model, cfg.train, self.epoch, self.trainable) and self.world > 1:
@@ -325,13 +340,27 @@ class Trainer:
                                   f"fcoslab train --resume {self.folder.path} evaluates it and trains on", signum)
 
         with self.stop.immediately(stop_now) if self.stop is not None else contextlib.nullcontext():
-            evaluation = self.evaluate()
+            evaluation, extra = self._evaluations()
         self.elapsed += time.time() - started
-        best = evaluation is not None and self._record(self.epoch_losses, evaluation)
+        best = evaluation is not None and self._record(self.epoch_losses, evaluation, extra)
         self.pending_eval = False
         self.save()
         if best and dist.is_main():
             self.folder.keep_best()
+
+    def _early_stop(self) -> bool:
+        """``train.early_stop``: whether the history says to stop (said once, and recorded in its last record)."""
+        if not self.cfg.train.early_stop:
+            return False
+        reason = early_stop_reason(self.history, self.cfg.eval.best_metric, self.cfg.train.early_stop)  # rank 0's
+        if dist.all_reduce_mean(torch.tensor(float(reason is not None), device=self.device)).item() == 0:
+            return False
+        if dist.is_main():
+            log.info("%s; the best weights are in %s", reason, self.folder.best)
+        if dist.is_main() and self.history[-1].get("stopped") != reason:
+            self.history[-1]["stopped"] = reason  # recorded in history.json and the checkpoint
+        self.save()
+        return True
 
     def _stop_saved(self) -> None:
         """Save at this step boundary and raise TrainingStopped, saying what was kept."""
@@ -342,17 +371,13 @@ class Trainer:
                               f"{self.folder.checkpoint}; continue with: fcoslab train --resume {self.folder.path}",
                               signum)
 
-    def _record(self, losses: dict, evaluation: Evaluation) -> bool:
+    def _record(self, losses: dict, evaluation: Evaluation, extra: dict) -> bool:
         """Append an evaluation to the history (rank 0); True if it is the best so far by ``eval.best_metric``."""
         metric = self.cfg.eval.best_metric
         previous = [h[metric] for h in self.history if h.get(metric) is not None]
-        record = {"epoch": self.epoch, "step": self.step,
-                  **{f"loss_{k}" if k != "loss" else "loss": round(v, 5) for k, v in losses.items() if k != "lr"},
-                  **evaluation.record(), "seconds": round(self.elapsed, 2)}
+        record = history_record(self.epoch, self.step, losses, evaluation, extra, self.elapsed)
         self.history.append(record)
-        log.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {record[k]:.3f}" for k in metric_keys(self.cfg.eval.metrics)
-                                                       if k in ("AP", "AP50", "AP75", "voc_mAP50", "voc_mAP")
-                                                       and record[k] is not None))
+        log.info("epoch %d: %s", self.epoch, summary_line(record, self.cfg.eval.metrics))
         if self.on_eval is not None:
             self.on_eval(record)
         if self.tensorboard is not None:
@@ -364,7 +389,8 @@ class Trainer:
 def train(cfg: Optional[Config], out: str | Path, resume: bool = False, resume_overrides: Optional[dict] = None,
           **kwargs) -> list[dict]:
     """Train ``cfg`` into run folder ``out``, or continue the run there with ``resume=True`` (``cfg`` is
-    then None: the saved config is used, with ``resume_overrides``); returns the history."""
+    then None: the saved config is used, with ``resume_overrides``; ``reschedule=True`` accepts overrides
+    that rewrite the schedule already trained, :mod:`fcoslab.engine.resume`); returns the history."""
     if resume:
         if cfg is not None:
             raise FcoslabError("train(resume=True) continues the run with its saved config; pass cfg=None")

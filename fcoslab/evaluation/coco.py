@@ -129,11 +129,13 @@ def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1) -> to
 
 
 def predict_dataset(model, dataset, cfg: Config, device: torch.device, precision: Precision, rank: int = 0,
-                    world: int = 1) -> list[tuple[int, dict]]:
+                    world: int = 1, on_outputs=None) -> list[tuple[int, dict]]:
     """``(image_id, detections)`` of this process's share of ``dataset`` (:func:`evaluation_loader`), in
-    dataset order; the shares of ``world`` processes together are every image once."""
+    dataset order; the shares of ``world`` processes together are every image once. ``on_outputs`` as in
+    :func:`fcoslab.inference.predictor.predict_batches`."""
     loader = evaluation_loader(dataset, cfg, rank, world)
-    detections = predict_batches(model, (batch for batches in loader for batch in batches), cfg, device, precision)
+    detections = predict_batches(model, (batch for batches in loader for batch in batches), cfg, device, precision,
+                                 on_outputs)
     position = {info["id"]: k for k, info in enumerate(dataset.images)}
     return sorted(detections, key=lambda item: position[item[0]])
 
@@ -200,7 +202,7 @@ def merge_shards(parts: list[list[dict]], dataset) -> list[dict]:
 
 
 def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision: Precision, rank: int = 0,
-                   world: int = 1, cat_ids: Optional[list[int]] = None) -> Optional[Evaluation]:
+                   world: int = 1, cat_ids: Optional[list[int]] = None, on_outputs=None) -> Optional[Evaluation]:
     """Detect on every image of ``dataset`` with ``model`` (in eval mode) and score with ``cfg.eval.metrics``.
 
     ``cat_ids`` maps the model's labels to category ids (default: the dataset's own). Under torchrun each
@@ -211,7 +213,7 @@ def evaluate_model(model, dataset, cfg: Config, device: torch.device, precision:
     """
     from .. import distributed as dist
 
-    detections = predict_dataset(model, dataset, cfg, device, precision, rank, world)
+    detections = predict_dataset(model, dataset, cfg, device, precision, rank, world, on_outputs)
     results = to_coco_results(detections, cat_ids or dataset.index.cat_ids)
     if world > 1:
         parts = dist.gather_objects(results)

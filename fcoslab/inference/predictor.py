@@ -12,7 +12,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -247,8 +247,10 @@ def batch_invariant_layers(model: torch.nn.Module, on: bool = True) -> None:
 
 
 @torch.inference_mode()
-def predict_batches(model, batches, cfg, device: torch.device, precision: Precision):
-    """Run ``model`` (which the caller has put in eval mode and :func:`inference_layout`) over collated batches.
+def predict_batches(model, batches, cfg, device: torch.device, precision: Precision,
+                    on_outputs: Optional[Callable[[dict, dict], None]] = None):
+    """Run ``model`` (which the caller has put in eval mode and :func:`inference_layout`) over collated batches;
+    ``on_outputs(outputs, batch)`` sees each batch's raw outputs (e.g. to sum a validation loss).
 
     Yields ``(image_id, detections)`` on the CPU, detections as :func:`fcoslab.modeling.decode.decode` returns them.
     An image's detections depend only on its own padded pixels (:func:`batch_invariant_layers`, and
@@ -262,6 +264,8 @@ def predict_batches(model, batches, cfg, device: torch.device, precision: Precis
             images = images.contiguous(memory_format=torch.channels_last)
         with precision.autocast(device):
             outputs = model(images)
+        if on_outputs is not None:
+            on_outputs(outputs, batch)
         dets = decode(outputs, batch["image_sizes"].to(device), batch["orig_sizes"].to(device), cfg.decode)
         for image_id, det in zip(batch["image_ids"], dets):
             yield image_id, {k: v.cpu() for k, v in det.items()}

@@ -14,8 +14,19 @@ from ..config import AssignConfig, LossConfig
 from .targets import fcos_targets
 
 
-def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
-              all_reduce: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def loss_counts(targets: dict, cfg: LossConfig, centerness: bool = True) -> Tensor:
+    """The raw normalisers of a batch's loss, float (2,): the number of positive points, and the box loss's
+    (the sum of the positives' center-ness targets where the box loss is center-ness weighted, else the
+    positives again). Summed over batches (and averaged over processes) they normalise a larger batch."""
+    positive = targets["labels"] >= 0
+    num_pos = positive.sum().float()
+    weighted = cfg.centerness_weighted_box and centerness  # centerness: the model predicts center-ness
+    box = targets["centerness"][positive].sum().float() if weighted else num_pos
+    return torch.stack([num_pos, box.detach()])
+
+
+def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig, all_reduce: Optional[Callable[[Tensor], Tensor]] = None,
+              counts: Optional[Tensor] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Loss of one batch, each part normalised by the number of positive points (at least 1).
 
     Args:
@@ -25,6 +36,8 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
         all_reduce: averages a tensor over processes under distributed training, so that every rank
             normalises by the same count of positives (None: single process; unused with
             ``cfg.num_pos_per_process``, where each rank divides by its own count as torchvision's FCOS does).
+        counts: float (2,) normalisers (:func:`loss_counts`) to use instead of this batch's, already
+            reduced: those of a whole accumulated batch (``train.accumulate``), or ones for plain sums.
     Returns:
         (terms, stats): ``terms`` has ``loss`` (the total to backpropagate) and the detached ``cls``,
         ``box`` and ``centerness`` scalars; ``stats`` has ``num_pos`` (float, the normaliser: the mean
@@ -34,8 +47,10 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
     labels, ltrb_t, ctr_t = targets["labels"], targets["ltrb"], targets["centerness"]
     K = logits.shape[-1]
     positive = labels >= 0  # (B, P)
-    reduce = all_reduce if all_reduce is not None and not cfg.num_pos_per_process else (lambda t: t)
-    num_pos = reduce(positive.sum().float()).clamp(min=1.0)
+    if counts is None:
+        reduce = all_reduce if all_reduce is not None and not cfg.num_pos_per_process else (lambda t: t)
+        counts = reduce(loss_counts(targets, cfg, ctr_pred is not None))
+    num_pos, box_norm = counts[0].clamp(min=1.0), counts[1].clamp(min=1e-6)
 
     cls = ops.sigmoid_focal_loss(logits.reshape(-1, K).float(), labels.reshape(-1), cfg.focal_alpha,
                                  cfg.focal_gamma, reduction="sum") / num_pos
@@ -45,8 +60,7 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
     if ctr_pred is not None:
         ctr_target = ctr_t[positive]
         if cfg.centerness_weighted_box:
-            weight_sum = reduce(ctr_target.sum().detach()).clamp(min=1e-6)
-            parts["box"] = (per_box * ctr_target).sum() / weight_sum
+            parts["box"] = (per_box * ctr_target).sum() / box_norm
         else:
             parts["box"] = per_box.sum() / num_pos
         parts["centerness"] = F.binary_cross_entropy_with_logits(
@@ -73,7 +87,30 @@ class FCOSCriterion:
                  all_reduce: Optional[Callable[[Tensor], Tensor]] = None):
         self.assign, self.loss, self.all_reduce = assign, loss, all_reduce
 
-    def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        targets = fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
-                               self.assign)
-        return fcos_loss(outputs, targets, self.loss, self.all_reduce)
+    @property
+    def uses_predictions(self) -> bool:
+        """Whether targets depend on the predictions (not only on the points and the boxes)."""
+        return False
+
+    def targets(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor) -> dict[str, Tensor]:
+        """The targets of a batch: ``outputs`` needs ``points``, ``strides`` and ``level_sizes`` (and the
+        predictions where :attr:`uses_predictions`)."""
+        return fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
+                            self.assign)
+
+    def counts(self, targets: dict, centerness: bool) -> Tensor:
+        """This process's raw loss normalisers of a batch (:func:`loss_counts`)."""
+        return loss_counts(targets, self.loss, centerness)
+
+    def reduce_counts(self, counts: Tensor) -> Tensor:
+        """Counts averaged over processes (unless ``loss.num_pos_per_process``)."""
+        if self.all_reduce is None or self.loss.num_pos_per_process:
+            return counts
+        return self.all_reduce(counts)
+
+    def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor, targets: Optional[dict] = None,
+                 counts: Optional[Tensor] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``targets`` (of :meth:`targets`) and ``counts`` (reduced normalisers) are computed when not given."""
+        if targets is None:
+            targets = self.targets(outputs, gt_boxes, gt_labels)
+        return fcos_loss(outputs, targets, self.loss, self.all_reduce, counts)
