@@ -15,23 +15,16 @@ the overhead; a GPU step rate does not change it, only the disk does.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from fcoslab.config import load_config  # noqa: E402
-from fcoslab.modeling.model import build_model  # noqa: E402
-from fcoslab.engine.optim import make_optimizer  # noqa: E402
-from fcoslab.runfolder import RunFolder, rng_state  # noqa: E402
+import common
+from fcoslab.config import load_config
+from fcoslab.modeling.model import build_model
+from fcoslab.engine.optim import make_optimizer
+from fcoslab.runfolder import RunFolder, rng_state
 
 
 def trainer_state(preset: str) -> dict:
@@ -55,9 +48,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", help="where to write (default: a temporary folder beside runs/)")
     args = parser.parse_args()
-    base = Path(args.dir) if args.dir else ROOT
-    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; writing under {base}")
+    base = Path(args.dir) if args.dir else common.ROOT
+    common.print_header()
+    print(f"# writing under {base}")
     print("| preset | parameters | last.pt | save (median of {}) | every 10 min | every 1 min |".format(args.repeat))
     print("|---|---:|---:|---:|---:|---:|")
     for preset in args.presets:
@@ -65,13 +58,8 @@ def main() -> None:
         params = sum(v.numel() for v in state["model"].values() if v.is_floating_point())
         with tempfile.TemporaryDirectory(dir=base) as tmp:
             folder = RunFolder(tmp)
-            seconds = []
-            for _ in range(args.repeat):
-                started = time.perf_counter()
-                folder.save(state)
-                seconds.append(time.perf_counter() - started)
+            s = common.timed(lambda: folder.save(state), args.repeat, warmup=0, device="cpu").median
             size = folder.checkpoint.stat().st_size / 2 ** 20
-        s = statistics.median(seconds)
         print(f"| {preset} | {params / 1e6:.1f} M | {size:.0f} MiB | {s:.2f} s | {100 * s / 600:.3f}% | "
               f"{100 * s / 60:.2f}% |")
 

@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import pickle
-import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 
+import common
 from fcoslab.evaluation.coco import STAT_NAMES, coco_backend
-from fcoslab.inference.predictor import cpu_name
 
 # COCO's 80 category ids (1..90 less ten unused ones)
 COCO_CAT_IDS = [c for c in range(1, 91) if c not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
@@ -104,16 +101,15 @@ def time_backend(backend: str, gt: dict, results: list[dict], repeat: int) -> tu
         gt_copy = {**gt, "annotations": [dict(a) for a in gt["annotations"]]}  # loading annotates the dicts
         results_copy = [dict(r) for r in results]
         with contextlib.redirect_stdout(io.StringIO()):
-            start = time.perf_counter()
-            coco_gt = make_coco(gt_copy)
-            evaluator = COCOeval(coco_gt, coco_gt.loadRes(results_copy), "bbox")
-            loaded = time.perf_counter()
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-            done = time.perf_counter()
-        loads.append(loaded - start)
-        evals.append(done - loaded)
+            with common.stopwatch(None) as load:
+                coco_gt = make_coco(gt_copy)
+                evaluator = COCOeval(coco_gt, coco_gt.loadRes(results_copy), "bbox")
+            with common.stopwatch(None) as evaluation:
+                evaluator.evaluate()
+                evaluator.accumulate()
+                evaluator.summarize()
+        loads.append(load.seconds)
+        evals.append(evaluation.seconds)
     return statistics.median(loads), statistics.median(evals), [float(v) for v in evaluator.stats[:12]]
 
 
@@ -121,15 +117,12 @@ def time_gather(results: list[dict], world: int) -> None:
     """Pickle each shard (images round-robin over ``world`` processes) and unpickle all of them, as
     ``all_gather_object`` does on every process."""
     shards = [[r for r in results if r["image_id"] % world == rank] for rank in range(world)]
-    start = time.perf_counter()
-    blobs = [pickle.dumps(shard) for shard in shards]
-    dumped = time.perf_counter()
-    gathered = [r for blob in blobs for r in pickle.loads(blob)]
-    loaded = time.perf_counter()
+    blobs, dumping = common.once(lambda: [pickle.dumps(shard) for shard in shards], None)
+    gathered, loading = common.once(lambda: [r for blob in blobs for r in pickle.loads(blob)], None)
     assert len(gathered) == len(results)
-    print(f"gather, {world} shards: pickling one shard {(dumped - start) / world * 1000:.1f} ms "
+    print(f"gather, {world} shards: pickling one shard {dumping / world * 1000:.1f} ms "
           f"({len(blobs[0]) / 2 ** 20:.1f} MiB), unpickling all {world} on each process "
-          f"{(loaded - dumped) * 1000:.1f} ms")
+          f"{loading * 1000:.1f} ms")
 
 
 def main(argv: list[str]) -> None:
@@ -142,17 +135,15 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from importlib.metadata import version
 
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# command: python benchmarks/evaluation.py {' '.join(argv)}")
-    print(f"# date: {date}; cpu: {cpu_name()} ({platform.machine()}); python {platform.python_version()}, "
-          f"numpy {np.__version__}, pycocotools {version('pycocotools')}, "
+    common.print_header(__file__, argv)
+    print(f"# numpy {np.__version__}, pycocotools {version('pycocotools')}, "
           f"faster-coco-eval {version('faster-coco-eval')}")
-    start = time.perf_counter()
-    gt = coco_like_ground_truth(args.images)
-    results = coco_like_detections(gt)
+    with common.stopwatch(None) as generation:
+        gt = coco_like_ground_truth(args.images)
+        results = coco_like_detections(gt)
     crowd = sum(a["iscrowd"] for a in gt["annotations"])
     print(f"data: {args.images} images, {len(gt['annotations'])} objects ({crowd} crowd), 80 categories, "
-          f"{len(results)} detections (generated in {time.perf_counter() - start:.1f} s); median of {args.repeat}")
+          f"{len(results)} detections (generated in {generation.seconds:.1f} s); median of {args.repeat}")
     timings = {}
     for backend in args.backends.split(","):
         timings[backend] = time_backend(backend, gt, results, args.repeat)
@@ -168,9 +159,8 @@ def main(argv: list[str]) -> None:
     if args.voc:
         from fcoslab.evaluation.voc import voc_evaluate
 
-        start = time.perf_counter()
-        voc = voc_evaluate(gt, results)
-        print(f"{'fcoslab voc':12s} voc_evaluate {time.perf_counter() - start:7.2f} s   mAP50 {voc['mAP50']:.4f}")
+        voc, seconds = common.once(lambda: voc_evaluate(gt, results), None)
+        print(f"{'fcoslab voc':12s} voc_evaluate {seconds:7.2f} s   mAP50 {voc['mAP50']:.4f}")
     if args.world > 1:
         time_gather(results, args.world)
 

@@ -17,18 +17,15 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+from gpu_efficiency import FcoslabStep, StepOptions, measure
 
-from gpu_efficiency import FcoslabStep, StepOptions, measure, sync  # noqa: E402
-
-from fcoslab.data.synthetic.cocolike import MIXED_SIZES, make_cocolike, parse_sizes  # noqa: E402
+from fcoslab.data.synthetic.cocolike import MIXED_SIZES, make_cocolike, parse_sizes
 
 COCO_TRAIN_IMAGES, COCO_VAL_IMAGES = 118287, 5000
 
@@ -40,17 +37,8 @@ def cocolike_images(work: Path, count: int, sizes: str) -> tuple[Path, float]:
     ann = out / "val.json"
     if ann.is_file() and len(json.loads(ann.read_text())["images"]) == count:
         return out, 0.0
-    started = time.perf_counter()
-    make_cocolike(out, train=0, val=count, sizes=MIXED_SIZES if sizes == "mixed" else parse_sizes(sizes))
-    return out, time.perf_counter() - started
-
-
-def _timed(fn, device: torch.device):
-    sync(device)
-    started = time.perf_counter()
-    value = fn()
-    sync(device)
-    return value, time.perf_counter() - started
+    sizes = MIXED_SIZES if sizes == "mixed" else parse_sizes(sizes)
+    return out, common.once(lambda: make_cocolike(out, train=0, val=count, sizes=sizes), device=None)[1]
 
 
 def evaluation_share(args, rec, device: torch.device, clock) -> None:
@@ -88,21 +76,22 @@ def evaluation_share(args, rec, device: torch.device, clock) -> None:
                             "ms/image": 1000 * seconds / max(images, 1),
                             column: None if factor is None else seconds * factor})
 
-    detections, t_predict = _timed(lambda: predict_dataset(model, val, cfg, device, prec), device)
+    detections, t_predict = common.once(lambda: predict_dataset(model, val, cfg, device, prec), device)
     row("inference + loading (predict_dataset)", n, t_predict, scale)
-    results, t_convert = _timed(lambda: to_coco_results(detections, val.index.cat_ids), device)
+    results, t_convert = common.once(lambda: to_coco_results(detections, val.index.cat_ids), device)
     row("COCO results conversion", n, t_convert, scale)
     rec.note(f"Random weights: {len(results) / max(n, 1):.0f} detections an image (the cap is "
              f"{cfg.decode.max_detections}); a trained model has no more, so NMS and scoring cost no more.", table)
-    _, t_small = _timed(lambda: score_results(val.data, results, list(val.index.names), "coco", args.backend), device)
+    _, t_small = common.once(lambda: score_results(val.data, results, list(val.index.names), "coco", args.backend),
+                             device)
     row(f"scoring these {n} images", n, t_small, None)
     t_score, score_images = t_small * scale, n  # replaced by the synthetic 5000-image scoring when it runs
     if clock.left() > 30:
-        started = time.perf_counter()
-        gt = coco_like_ground_truth(args.score_images)
-        synthetic = coco_like_detections(gt)
-        t_generate = time.perf_counter() - started
-        _, seconds = _timed(lambda: score_results(gt, synthetic, [c["name"] for c in gt["categories"]], "coco",
+        with common.stopwatch(None) as generation:
+            gt = coco_like_ground_truth(args.score_images)
+            synthetic = coco_like_detections(gt)
+        t_generate = generation.seconds
+        _, seconds = common.once(lambda: score_results(gt, synthetic, [c["name"] for c in gt["categories"]], "coco",
                                                   args.backend), device)
         score_images, t_score = args.score_images, seconds * COCO_VAL_IMAGES / args.score_images
         row("scoring (load + evaluate + accumulate + summarize)", score_images, seconds,
@@ -147,12 +136,7 @@ def epoch_share(args, rec, device: torch.device, clock, t_eval: float, precision
 
 def _rate(fn, items: int, repeat: int = 3) -> float:
     """Best images/s of ``repeat`` runs of ``fn`` (which handles ``items`` images)."""
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return items / best
+    return items / common.timed(fn, repeat, warmup=0, device=None).best
 
 
 def decode_throughput(args, rec, device: torch.device, clock) -> None:
@@ -188,12 +172,12 @@ def decode_throughput(args, rec, device: torch.device, clock) -> None:
         def gpu_one():
             for d in datas:
                 decode_jpeg(d, mode=ImageReadMode.RGB, device=device)
-            sync(device)
+            common.sync(device)
 
         def gpu_batched():
             for i in range(0, n, 32):
                 decode_jpeg(datas[i:i + 32], mode=ImageReadMode.RGB, device=device)
-            sync(device)
+            common.sync(device)
 
         rows += [("GPU nvjpeg, one file a call", 1, gpu_one), ("GPU nvjpeg, batched", 32, gpu_batched)]
     else:

@@ -25,17 +25,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+import torch.distributed as tdist
 
-import torch  # noqa: E402
-import torch.distributed as tdist  # noqa: E402
-
-from gpu_report import StageRecord  # noqa: E402
+import common
+from gpu_report import StageRecord
 
 
 class Checks:
@@ -53,16 +50,15 @@ class Checks:
             self.failed.add(name)
             self.rec.add_row(self.table, {"check": name, "result": "skipped", "detail": f"needs {', '.join(missing)}"})
             return
-        started = time.perf_counter()
-        try:
-            detail, result = fn(), "pass"
-        except Exception as e:  # noqa: BLE001 (every check is reported; the next ones still run)
-            self.failed.add(name)
-            traceback.print_exc()
-            lines = str(e).strip().splitlines()
-            detail, result = f"{type(e).__name__}: {lines[0][:240] if lines else ''}", "FAIL"
-        self.rec.add_row(self.table, {"check": name, "result": result, "seconds": time.perf_counter() - started,
-                                      "detail": detail})
+        with common.stopwatch(None) as watch:
+            try:
+                detail, result = fn(), "pass"
+            except Exception as e:  # noqa: BLE001 (every check is reported; the next ones still run)
+                self.failed.add(name)
+                traceback.print_exc()
+                lines = str(e).strip().splitlines()
+                detail, result = f"{type(e).__name__}: {lines[0][:240] if lines else ''}", "FAIL"
+        self.rec.add_row(self.table, {"check": name, "result": result, "seconds": watch.seconds, "detail": detail})
 
 
 def main(argv: list[str]) -> int:
@@ -83,7 +79,7 @@ def main(argv: list[str]) -> int:
     device = resolve_device(args.device)
     work = Path(args.work)
     rec = StageRecord(work, "ddp", "torchrun", f"torchrun --nproc_per_node=1 benchmarks/gpu_ddp_check.py {' '.join(argv)}",
-                      torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+                      common.gpu_name(device) if device.type == "cuda" else "cpu")
     checks = Checks(rec)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":

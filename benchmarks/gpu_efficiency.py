@@ -17,23 +17,18 @@ steps that ``benchmarks/gpu_stages.py`` and ``benchmarks/gpu_levers.py`` time.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fcoslab.config import load_config  # noqa: E402
-from fcoslab.inference.predictor import choose_precision, cpu_name, resolve_device  # noqa: E402
-from fcoslab.modeling.loss import FCOSCriterion  # noqa: E402
-from fcoslab.modeling.model import build_model  # noqa: E402
-from fcoslab.engine.optim import make_optimizer  # noqa: E402
+import common
+from fcoslab.config import load_config
+from fcoslab.inference.predictor import choose_precision, resolve_device
+from fcoslab.modeling.loss import FCOSCriterion
+from fcoslab.modeling.model import build_model
+from fcoslab.engine.optim import make_optimizer
 
 # The H200's dense BF16 Tensor Core rate, 989 TFLOP/s: NVIDIA's H200 (SXM) datasheet lists 1,979 TFLOP/s
 # "with sparsity", i.e. 989 dense. (An 8192^3 bf16 matmul reached 769-798 TFLOP/s on this workplace's
@@ -54,11 +49,6 @@ class StepOptions:
     compile_loss: bool = False  # torch.compile(criterion)
     trainer_syncs: bool = False  # the two host syncs of fcoslab.engine.trainer.Trainer.train_step (.tolist())
     cuda_graph: bool = False  # the network's forward and backward replayed from CUDA graphs
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def random_targets(batch: int, size: tuple[int, int], device: torch.device, seed: int = 0):
@@ -222,14 +212,13 @@ def measure(step, device: torch.device, iters: int, warmup: int = 2) -> dict:
     (CUDA: ``max_memory_allocated`` and ``max_memory_reserved`` in MiB; None on a CPU)."""
     for _ in range(warmup):
         step()
-    sync(device)
+    common.sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync(device)
-    seconds = (time.perf_counter() - started) / iters
+    with common.stopwatch(device) as watch:  # synchronised at the ends only, as training runs
+        for _ in range(iters):
+            step()
+    seconds = watch.seconds / iters
     peak = reserved = None
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -241,10 +230,6 @@ def mfu(flops: float, seconds: float, peak_tflops: float = PEAK_BF16_TFLOPS) -> 
     """(achieved TFLOP/s, MFU in % of ``peak_tflops``)."""
     achieved = flops / seconds / 1e12
     return achieved, 100.0 * achieved / peak_tflops
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def main(argv: list[str]) -> None:
@@ -260,9 +245,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--torchvision", action="store_true", help="also time torchvision's FCOS step")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
-    print(f"# python benchmarks/gpu_efficiency.py {' '.join(argv)}")
-    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {device_name(device)}, "
-          f"torch {torch.__version__}")
+    common.print_header(__file__, argv)
+    print(f"# device: {device} ({common.device_name(device)})")
     size = tuple(args.size)
     options = StepOptions(precision=args.precision)
     step = FcoslabStep(args.preset, 1, size, device, options)

@@ -34,18 +34,16 @@ import sys
 import time
 import warnings
 from dataclasses import replace
-from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
+import common
+from gpu_efficiency import FcoslabStep, StepOptions, measure
+from gpu_report import StageRecord
 
-from gpu_efficiency import FcoslabStep, StepOptions, device_name, measure, sync  # noqa: E402
-from gpu_report import StageRecord  # noqa: E402
-
-from fcoslab import ops  # noqa: E402
-from fcoslab.inference.predictor import resolve_device  # noqa: E402
+from fcoslab import ops
+from fcoslab.inference.predictor import resolve_device
 
 # name -> (StepOptions changes, environment changes, cudnn.benchmark, seconds it may need beyond a plain lever)
 LEVERS: dict[str, tuple[dict, dict, bool, float]] = {
@@ -91,7 +89,7 @@ def host_syncs(step, device: torch.device) -> Optional[int]:
         torch.cuda.set_sync_debug_mode("warn")
         try:
             step()
-            sync(device)
+            common.sync(device)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught)
@@ -115,15 +113,12 @@ def run_lever(name: str, args, device: torch.device) -> dict:
     options = replace(StepOptions(precision=args.precision), **changes)
     with environment(env, benchmark):
         step = FcoslabStep(args.preset, args.batch, tuple(args.size), device, options)
-        sync(device)
-        started = time.perf_counter()
-        step()
-        sync(device)
-        first = time.perf_counter() - started
+        with common.stopwatch(device) as first:
+            step()
         r = measure(step, device, args.iters, args.warmup)
         syncs = host_syncs(step, device) if not (options.compile_model or options.compile_loss) else None
     return {"lever": name, "status": "ok", "ms/step": 1000 * r["seconds"], "img/s": r["images_per_s"],
-            "peak MiB": r["peak_mib"], "first step s": first, "host syncs/step": syncs, "_seconds": r["seconds"]}
+            "peak MiB": r["peak_mib"], "first step s": first.seconds, "host syncs/step": syncs, "_seconds": r["seconds"]}
 
 
 def run_levers(args, rec: StageRecord, device: torch.device, time_left) -> None:
@@ -190,7 +185,7 @@ def main(argv: list[str]) -> int:
         return float("inf") if limit is None else limit - (time.monotonic() - start)
 
     rec = StageRecord(args.work, "levers", "Levers", f"python benchmarks/gpu_levers.py {' '.join(argv)}",
-                      device_name(device))
+                      common.device_name(device))
     run_levers(args, rec, device, time_left)
     return 0
 

@@ -17,13 +17,14 @@ line. No torch import: the report is assembled even where torch is broken.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
+
+import common  # no torch import there either
 
 # The stages of benchmarks/gpu_check.sh, in the order the report shows them, and what each measures.
 STAGES = (
@@ -39,8 +40,7 @@ STAGES = (
 )
 
 
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+STAMP = "%Y-%m-%d %H:%M:%S UTC"  # the records' and the report's dates (common.utc_now)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -55,8 +55,9 @@ class StageRecord:
     def __init__(self, work: str | Path, stage: str, title: str, command: str, device: str = ""):
         self.path = Path(work) / f"{stage}.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.doc: dict[str, Any] = {"stage": stage, "title": title, "command": command, "date": utc_now(),
-                                    "device": device, "tables": [], "notes": [], "data": {}}
+        self.doc: dict[str, Any] = {"stage": stage, "title": title, "command": command,
+                                    "date": common.utc_now(STAMP), "device": device, "tables": [], "notes": [],
+                                    "data": {}}
         self.save()
 
     def table(self, key: str, title: str, columns: Sequence[str], notes: Iterable[str] = ()) -> dict:
@@ -145,7 +146,8 @@ def env_header(work: Path) -> str:
         return "Environment: not recorded (the env stage did not finish)."
     data = json.loads(path.read_text()).get("data", {})
     keys = ("date", "command", "gpu", "driver", "gpu_memory", "python", "torch", "torchvision", "cupy",
-            "cuda", "cudnn", "triton", "numpy", "faster_coco_eval", "pycocotools", "cpu", "cpu_count",
+            "cuda", "cudnn", "triton", "numpy", "faster_coco_eval", "pycocotools", "fcoslab", "cpu", "cpu_count",
+            "threads", "cpu_bf16", "cpu_isa_env",
             "git", "fcoslab_ops", "tf32", "bf16_matmul_tflops")
     return "\n".join(f"- {k}: {data[k]}" for k in keys if k in data)
 
@@ -155,8 +157,8 @@ def assemble(work: str | Path, out: str | Path, title: str = "GPU check (benchma
     record and status) from ``WORK``. Returns the report's path."""
     work, out = Path(work), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# {title}", "", f"Report assembled {utc_now()}. Figures are what this run measured; a stage that "
-          "failed or ran out of time says so and shows only the rows it finished.", "", "## Environment", "",
+    md = [f"# {title}", "", f"Report assembled {common.utc_now(STAMP)}. Figures are what this run measured; a stage "
+          "that failed or ran out of time says so and shows only the rows it finished.", "", "## Environment", "",
           env_header(work), "", "## Stages", "", "| stage | status | seconds |", "|---|---|---:|"]
     results: dict[str, Any] = {}
     known = [s for s, _ in STAGES]

@@ -24,19 +24,16 @@ import subprocess
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Callable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
+import common
+from gpu_efficiency import PEAK_BF16_TFLOPS, FcoslabStep, StepOptions, TorchvisionStep, count_flops, measure, mfu
+from gpu_data_stages import COCO_VAL_IMAGES, decode_throughput, evaluation_share
+from gpu_report import StageRecord
 
-from gpu_efficiency import (PEAK_BF16_TFLOPS, FcoslabStep, StepOptions, TorchvisionStep, count_flops,  # noqa: E402
-                            device_name, measure, mfu, sync)
-from gpu_data_stages import COCO_VAL_IMAGES, decode_throughput, evaluation_share  # noqa: E402
-from gpu_report import StageRecord  # noqa: E402
-
-from fcoslab.inference.predictor import cpu_name, resolve_device  # noqa: E402
+from fcoslab.inference.predictor import resolve_device
 
 
 class Clock:
@@ -89,21 +86,14 @@ def bf16_matmul_tflops(device: torch.device, n: int = 8192, repeat: int = 10) ->
         return None
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeat):
-        a @ b
-    end.record()
-    torch.cuda.synchronize(device)
-    return round(2 * n ** 3 * repeat / (start.elapsed_time(end) / 1000) / 1e12, 1)
+    timing = common.timed(lambda: a @ b, repeat, warmup=3, device=device, cuda_events=True)
+    return round(2 * n ** 3 / timing.mean / 1e12, 1)
 
 
 def stage_env(args, rec: StageRecord, device: torch.device, clock: Clock) -> None:
-    import torchvision
-
     from fcoslab import ops
+
+    info = common.machine_info()
 
     smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
     gpu, driver, memory = ([s.strip() for s in smi.split(",")] + ["n/a"] * 3)[:3] if "," in smi else (smi or "n/a",) * 3
@@ -117,13 +107,16 @@ def stage_env(args, rec: StageRecord, device: torch.device, clock: Clock) -> Non
     dirty = _run(["git", "status", "--short"])
     data = {
         "date": rec.doc["date"], "command": os.environ.get("GPU_CHECK_COMMAND", rec.doc["command"]),
-        "gpu": gpu if device.type != "cuda" else f"{gpu} (torch: {device_name(device)}, capability "
+        "gpu": gpu if device.type != "cuda" else f"{gpu} (torch: {common.device_name(device)}, capability "
                                                   f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))})",
-        "driver": driver, "gpu_memory": memory, "python": sys.version.split()[0], "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "cupy": cupy_version, "cuda": str(torch.version.cuda),
-        "cudnn": str(torch.backends.cudnn.version()), "triton": _version("triton"), "numpy": _version("numpy"),
+        "driver": driver, "gpu_memory": memory, "python": info["python"], "torch": info["torch"],
+        "torchvision": info["torchvision"], "fcoslab": info["fcoslab"], "cupy": cupy_version,
+        "cuda": str(torch.version.cuda), "cudnn": str(torch.backends.cudnn.version()), "triton": _version("triton"),
+        "numpy": _version("numpy"),
         "faster_coco_eval": _version("faster-coco-eval"), "pycocotools": _version("pycocotools"),
-        "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "cpu": info["cpu"], "cpu_count": info["cores"], "threads": info["threads"],
+        "cpu_bf16": f"{'native' if info['bf16_native'] else 'not native'} ({info['bf16_reason']})",
+        "cpu_isa_env": ", ".join(f"{k}={v}" for k, v in info["env"].items()) or "unset",
         "git": (git or "unknown (no git checkout)")
                + (f" (+{len(dirty.splitlines())} changed files)" if dirty and not dirty.startswith("n/a") else ""),
         "fcoslab_ops": ops.backends(),
@@ -237,7 +230,7 @@ class BatchProbe:
                 torch.cuda.reset_peak_memory_stats(self.device)
             self.step()
             self.step()
-            sync(self.device)
+            common.sync(self.device)
             self.peaks[b] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20 if cuda else None
             return True
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
@@ -296,17 +289,13 @@ def stage_profile(args, rec: StageRecord, device: torch.device, clock: Clock) ->
     step = FcoslabStep(preset, args.batch, tuple(args.size), device, StepOptions(precision=precision))
     for _ in range(args.warmup + 1):
         step()
-    sync(device)
+    common.sync(device)
     phases = {"forward": step.forward, "loss (targets + loss)": step.loss, "backward": step.backward,
               "optimizer": step.update}
     times: dict[str, list[float]] = {k: [] for k in phases}
     for _ in range(max(1, min(args.iters, 5))):
         for name, fn in phases.items():
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t)
+            times[name].append(common.once(fn, device)[1])
     total = sum(statistics.median(v) for v in times.values())
     t_phase = rec.table("phases", f"Phases of one step of fcoslab {preset}, {step.precision.name}, batch {args.batch} "
                         "(a sync between phases; median of the repeats)", ("phase", "ms", "% of step"))
@@ -316,7 +305,7 @@ def stage_profile(args, rec: StageRecord, device: torch.device, clock: Clock) ->
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step()
-        sync(device)
+        common.sync(device)
     events = prof.key_averages()
     on_cuda = device.type == "cuda"
     cost = _device_self_us if on_cuda else (lambda e: float(e.self_cpu_time_total))
@@ -372,7 +361,7 @@ def main(argv: list[str]) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     rec = StageRecord(args.work, args.stage, TITLES[args.stage],
-                      f"python benchmarks/gpu_stages.py {' '.join(argv)}", device_name(device))
+                      f"python benchmarks/gpu_stages.py {' '.join(argv)}", common.device_name(device))
     STAGE_FUNCTIONS[args.stage](args, rec, device, Clock(args.time_limit))
     return 0
 

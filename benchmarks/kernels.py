@@ -10,39 +10,31 @@ at 100k points x 80 classes; assignment at batch 16, 100 boxes per image, 800x13
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import torchvision
 
+import common
 from fcoslab import ops
 
 
-def timed(fn, repeat: int) -> tuple[float, float, float]:
+def measure(fn, repeat: int) -> tuple[float, float, float]:
     """(median ms by CUDA events, peak MiB above the memory in use before the call, host ms per call
     when calls are queued back to back: the Python and launch overhead)."""
     fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    host_ms = (time.perf_counter() - t0) * 1000 / repeat
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+    common.sync("cuda")
+    with common.stopwatch(None) as queued:  # no sync at the end: what the host alone spends
+        for _ in range(repeat):
+            fn()
+    host_ms = queued.seconds * 1000 / repeat
+    common.sync("cuda")
+    events = common.timed(fn, repeat, warmup=0, device="cuda", cuda_events=True)
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     fn()
-    torch.cuda.synchronize()
-    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2**20, host_ms
+    common.sync("cuda")
+    return events.median * 1000, (torch.cuda.max_memory_allocated() - base) / 2**20, host_ms
 
 
 def boxes_and_scores(n: int, gen, size: float = 1000.0):
@@ -55,16 +47,16 @@ def bench_batched_nms(repeat: int, gen) -> dict:
     boxes, scores = boxes_and_scores(16 * 1000, gen, 800.0)
     image = torch.arange(16, device="cuda").repeat_interleave(1000)
     idxs = image * 80 + torch.randint(0, 80, (16000,), generator=gen, device="cuda")
-    return {"fcoslab (cupy)": timed(lambda: ops.batched_nms(boxes, scores, idxs, 0.6, backend="cupy"), repeat),
-            "torchvision": timed(lambda: torchvision.ops.batched_nms(boxes, scores, idxs, 0.6), repeat),
-            "torch reference": timed(lambda: ops.batched_nms(boxes, scores, idxs, 0.6, backend="torch"), max(3, repeat // 10))}
+    return {"fcoslab (cupy)": measure(lambda: ops.batched_nms(boxes, scores, idxs, 0.6, backend="cupy"), repeat),
+            "torchvision": measure(lambda: torchvision.ops.batched_nms(boxes, scores, idxs, 0.6), repeat),
+            "torch reference": measure(lambda: ops.batched_nms(boxes, scores, idxs, 0.6, backend="torch"), max(3, repeat // 10))}
 
 
 def bench_nms(repeat: int, gen) -> dict:
     boxes, scores = boxes_and_scores(20000, gen, 2000.0)
-    return {"fcoslab (cupy)": timed(lambda: ops.nms(boxes, scores, 0.5, backend="cupy"), repeat),
-            "torchvision": timed(lambda: torchvision.ops.nms(boxes, scores, 0.5), repeat),
-            "torch reference": timed(lambda: ops.nms(boxes, scores, 0.5, backend="torch"), 3)}
+    return {"fcoslab (cupy)": measure(lambda: ops.nms(boxes, scores, 0.5, backend="cupy"), repeat),
+            "torchvision": measure(lambda: torchvision.ops.nms(boxes, scores, 0.5), repeat),
+            "torch reference": measure(lambda: ops.nms(boxes, scores, 0.5, backend="torch"), 3)}
 
 
 def bench_focal(repeat: int, gen) -> dict:
@@ -84,7 +76,7 @@ def bench_focal(repeat: int, gen) -> dict:
         ops.sigmoid_focal_loss(logits, labels, reduction="sum", backend="torch").backward()
 
     del onehot
-    return {"fcoslab (cupy)": timed(ours, repeat), "torchvision": timed(tv, repeat), "torch reference": timed(ref, repeat)}
+    return {"fcoslab (cupy)": measure(ours, repeat), "torchvision": measure(tv, repeat), "torch reference": measure(ref, repeat)}
 
 
 def bench_assign(repeat: int, gen) -> dict:
@@ -98,7 +90,7 @@ def bench_assign(repeat: int, gen) -> dict:
     boxes = torch.cat([xy, xy + torch.rand(16, 100, 2, generator=gen, device="cuda") * 400 + 4], -1)
     labels = torch.randint(0, 80, (16, 100), generator=gen, device="cuda")
     run = lambda backend: ops.fcos_assign(points, strides, ranges, boxes, labels, 1.5, backend=backend)  # noqa: E731
-    return {"fcoslab (cupy)": timed(lambda: run("cupy"), repeat), "torch reference": timed(lambda: run("torch"), repeat)}
+    return {"fcoslab (cupy)": measure(lambda: run("cupy"), repeat), "torch reference": measure(lambda: run("torch"), repeat)}
 
 
 def report(name: str, rows: dict, goal: str) -> str:
@@ -120,18 +112,18 @@ def main() -> int:
         print("benchmarks/kernels.py needs a CUDA device", file=sys.stderr)
         return 1
     gen = torch.Generator("cuda").manual_seed(0)
-    started = time.time()
-    parts = [f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-             f"cupy {__import__('cupy').__version__}; median of {args.repeat} runs (CUDA events); "
-             "'x' columns: how many times fcoslab's figure the row's figure is."]
-    parts.append(report("batched_nms: 16 images x 1000 boxes x 80 classes (one call)", bench_batched_nms(args.repeat, gen),
-                        ">= 1.3x faster than torchvision.ops.batched_nms"))
-    parts.append(report("nms: 20k boxes", bench_nms(args.repeat, gen), "no slower than torchvision.ops.nms"))
-    parts.append(report("sigmoid focal loss, forward + backward, 100k x 80, reduction sum", bench_focal(args.repeat, gen),
-                        ">= 3x faster and >= 4x less peak memory than torchvision.ops.sigmoid_focal_loss"))
-    parts.append(report("fcos_assign: batch 16, 100 boxes per image, 800x1333", bench_assign(args.repeat, gen),
-                        ">= 10x faster than the torch reference"))
-    text = "\n".join(parts) + f"\n\n(total {time.time() - started:.0f} s)\n"
+    with common.stopwatch(None) as clock:
+        parts = common.header_lines(common.machine_info(), prefix="")
+        parts.append(f"cupy {__import__('cupy').__version__}; median of {args.repeat} runs (CUDA events); "
+                     "'x' columns: how many times fcoslab's figure the row's figure is.")
+        parts.append(report("batched_nms: 16 images x 1000 boxes x 80 classes (one call)",
+                            bench_batched_nms(args.repeat, gen), ">= 1.3x faster than torchvision.ops.batched_nms"))
+        parts.append(report("nms: 20k boxes", bench_nms(args.repeat, gen), "no slower than torchvision.ops.nms"))
+        parts.append(report("sigmoid focal loss, forward + backward, 100k x 80, reduction sum", bench_focal(args.repeat, gen),
+                            ">= 3x faster and >= 4x less peak memory than torchvision.ops.sigmoid_focal_loss"))
+        parts.append(report("fcos_assign: batch 16, 100 boxes per image, 800x1333", bench_assign(args.repeat, gen),
+                            ">= 10x faster than the torch reference"))
+    text = "\n".join(parts) + f"\n\n(total {clock.seconds:.0f} s)\n"
     print(text)
     if args.out:
         with open(args.out, "w") as f:

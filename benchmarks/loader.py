@@ -24,12 +24,8 @@ receives the batches). "10 cores" is 10 times the per-core rate, if loading scal
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -39,10 +35,10 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+import common
 from fcoslab.config import load_config
 from fcoslab.data import CocoDetection, EpochBatchSampler, build_datasets, make_cocolike, make_loader, read_image
 from fcoslab.data.formats.coco import read_pixels
-from fcoslab.inference.predictor import cpu_name
 
 
 class PilCocoDetection(CocoDetection):
@@ -70,15 +66,17 @@ def bench_decoding(files: list[Path], repeat: int) -> None:
                "bare PIL Image.open + load (no copies)": bare_pil,
                "bare torchvision.io.decode_jpeg": bare_decode_jpeg}
     print(f"\n## Decoding alone: {len(files)} files x {repeat}, one thread")
-    times = {name: [] for name in readers}
-    for _ in range(repeat):  # interleaved, so that a load from elsewhere falls on every reader
-        for name, read in readers.items():
-            start = time.perf_counter()
+
+    def one_pass(read):
+        def run() -> None:
             for path in files:
                 read(path)
-            times[name].append((time.perf_counter() - start) / len(files))
-    for name, t in times.items():
-        best = min(t)
+        return run
+
+    # interleaved, so that a load from elsewhere falls on every reader
+    timings = common.interleaved([one_pass(read) for read in readers.values()], repeat, warmup=0, device=None)
+    for name, t in zip(readers, timings):
+        best = t.best / len(files)
         print(f"  {name:42s} {best * 1e3:6.3f} ms per image (best of {repeat}), {1 / best:7.0f} images/s")
     differing, largest = 0, 0
     for path in files:
@@ -96,10 +94,10 @@ def loader_rate(cfg, dataset, batch_size: int, batches: int) -> float:
     it = iter(make_loader(dataset, sampler, cfg))
     for _ in range(warm):
         next(it)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    return batches * batch_size / (time.perf_counter() - start)
+    with common.stopwatch(None) as watch:
+        for _ in range(batches):
+            next(it)
+    return batches * batch_size / watch.seconds
 
 
 def bench_loader(data: Path, preset: str, workers: list[int], decoders: list[str], batch_size: int,
@@ -136,17 +134,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="passes of the decoding test (default 3)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# Command: python benchmarks/loader.py {' '.join(argv)}")
-    print(f"# Date: {now}. CPU: {cpu_name()} ({platform.machine()}, {len(os.sched_getaffinity(0))} cores usable); "
-          f"torch {torch.__version__}, torchvision {torchvision.__version__}, Pillow {PIL.__version__}")
+    common.print_header(__file__, argv)
+    print(f"# Pillow {PIL.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or Path(tmp)
         if args.data is None:
-            start = time.perf_counter()
-            make_cocolike(data, train=args.images, val=2, seed=0)
+            _, seconds = common.once(lambda: make_cocolike(data, train=args.images, val=2, seed=0), None)
             print(f"# Data: make_cocolike({args.images} train images, seed 0) in "
-                  f"{(time.perf_counter() - start) / args.images * 1e3:.1f} ms per image")
+                  f"{seconds / args.images * 1e3:.1f} ms per image")
         files = sorted((data / "train").glob("*.jpg"))
         sizes = [len(p.read_bytes()) for p in files]  # into the page cache
         print(f"# {len(files)} training JPEGs in {data}, {sum(sizes) / len(sizes) / 1e3:.0f} KB on average")

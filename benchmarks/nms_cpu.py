@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
 from functools import partial
 
 import torch
 import torchvision
 
+import common
 from fcoslab import ops
 
 
@@ -32,14 +32,11 @@ def random_boxes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([xy, xy + wh], dim=1), torch.rand(n, generator=g)
 
 
-def timed(run, iters: int) -> tuple[torch.Tensor, float, float]:
+def measure(run, iters: int) -> tuple[torch.Tensor, float, float]:
     """(last result, ms per call, MiB of peak resident memory growth)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    start = time.perf_counter()
-    for _ in range(iters):
-        keep = run()
-    ms = (time.perf_counter() - start) / iters * 1000
-    return keep, ms, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    timing = common.timed(run, iters, warmup=0, device="cpu")
+    return timing.value, timing.mean * 1000, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 
 
 def main() -> None:
@@ -56,6 +53,7 @@ def main() -> None:
     else:
         op, fcoslab_op = "nms", partial(ops.nms, boxes, scores, 0.5)
         tv_op = partial(torchvision.ops.nms, boxes, scores, 0.5)
+    common.print_header()
     auto = ops._choose("auto", (boxes, scores), op, ops.BACKENDS)
     runs = {"torch reference (backend='torch')": partial(fcoslab_op, backend="torch"),
             f"fcoslab auto (runs {auto!r})": partial(fcoslab_op, backend="auto"),
@@ -64,7 +62,7 @@ def main() -> None:
           f"torch threads: {torch.get_num_threads()}")
     kept = {}
     for name, run in runs.items():
-        kept[name], ms, grown = timed(run, args.iters)
+        kept[name], ms, grown = measure(run, args.iters)
         print(f"  {name:42s} {ms:9.1f} ms per call, peak memory +{grown:.0f} MiB, {len(kept[name])} kept")
     reference, auto_keep, tv_keep = kept.values()
     same_tv = set(reference.tolist()) == set(tv_keep.tolist()) and torch.equal(scores[reference], scores[tv_keep])

@@ -21,22 +21,19 @@ versions and load average (the machine may be shared: a load above the thread co
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torchvision.ops import FrozenBatchNorm2d
 
+import common
 from fcoslab.config import load_config
 from fcoslab.data import resized_shape
 from fcoslab.modeling.decode import decode
 from fcoslab.inference.onnx.export import export_onnx, sample_input
-from fcoslab.inference.predictor import Predictor, cpu_name
+from fcoslab.inference.predictor import Predictor
 from fcoslab.modeling.model import build_model
 from fcoslab.runfolder import RunFolder
 
@@ -71,16 +68,7 @@ def random_run(name: str, out: Path, coco_size: int) -> tuple[Path, tuple[int, i
 def paired_ms(runs, repeat: int) -> list[tuple[float, float]]:
     """(median, min) milliseconds of each of ``runs``, timed in turn within each repetition (after two warm-up
     rounds), so that a load from another process falls on all of them alike."""
-    for _ in range(2):
-        for run in runs:
-            run()
-    times = [[] for _ in runs]
-    for _ in range(repeat):
-        for run, series in zip(runs, times):
-            start = time.perf_counter()
-            run()
-            series.append((time.perf_counter() - start) * 1000)
-    return [(statistics.median(t), min(t)) for t in times]
+    return [(1000 * t.median, 1000 * t.best) for t in common.interleaved(runs, repeat, warmup=2, device="cpu")]
 
 
 def bench(name: str, tmp: Path, coco_size: int, threads: int, repeat: int) -> list[str]:
@@ -131,10 +119,8 @@ def main() -> None:
     import onnxruntime as ort
 
     torch.set_num_threads(args.threads)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"Command: python {' '.join(sys.argv)}")
-    print(f"Date: {now}. CPU: {cpu_name()} ({os.cpu_count()} logical CPUs), load average before: "
-          f"{os.getloadavg()[0]:.2f}. torch {torch.__version__}, onnxruntime {ort.__version__}; "
+    common.print_header()
+    print(f"# load average before: {os.getloadavg()[0]:.2f}; onnxruntime {ort.__version__}; "
           f"{args.threads} threads each; float32, batch 1, median of {args.repeat} runs.\n")
     print("| preset | input | what | torch ms, median (min) | onnxruntime ms, median (min) | torch / onnxruntime |")
     print("|---|---|---|---:|---:|---:|")

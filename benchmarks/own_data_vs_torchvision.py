@@ -56,11 +56,8 @@ set-up, so torchvision trains for the whole of fcoslab's wall time; fcoslab sees
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
-import math
-import os
 import random
 import shutil
 import sys
@@ -69,7 +66,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 from torchvision.models.detection import FCOS
@@ -77,13 +73,12 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.transforms.functional import pil_to_tensor
 
-import fcoslab
+import common
 from fcoslab.config import load_config, parse_overrides
 from fcoslab.data import make_shapes, read_coco_json
 from fcoslab.data.synthetic.shapes import generator_key
 from fcoslab.evaluation.coco import STAT_NAMES, coco_evaluate
 from fcoslab.engine.trainer import train
-from fcoslab.inference.predictor import cpu_name
 
 SEED = 0
 TV_BATCH = 16
@@ -118,11 +113,11 @@ def own_dataset(out: Path, train_n: int, val_n: int, size: int, seed: int, min_s
     if same(paths["train_ann"]) and same(paths["val_ann"]):
         print(f"dataset: reusing {out} ({key})", flush=True)
     else:
-        started = time.perf_counter()
-        for split in ("train", "val"):  # no stale images from an earlier, larger set
-            shutil.rmtree(out / split, ignore_errors=True)
-        make_shapes(out, train=train_n, val=val_n, image_size=size, seed=seed, min_side=min_side)
-        print(f"dataset: generated {out} in {time.perf_counter() - started:.1f} s ({key})", flush=True)
+        with common.stopwatch(None) as generation:
+            for split in ("train", "val"):  # no stale images from an earlier, larger set
+                shutil.rmtree(out / split, ignore_errors=True)
+            make_shapes(out, train=train_n, val=val_n, image_size=size, seed=seed, min_side=min_side)
+        print(f"dataset: generated {out} in {generation.seconds:.1f} s ({key})", flush=True)
     return paths
 
 
@@ -137,9 +132,7 @@ def run_fcoslab(paths: dict[str, Path], run_dir: Path, extra: dict[str, str]) ->
     cfg = load_config("shapes", overrides)
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a continuation
     print(f"fcoslab: training the shapes preset with {overrides}", flush=True)
-    started = time.perf_counter()
-    history = train(cfg, run_dir, progress=False)
-    seconds = time.perf_counter() - started
+    history, seconds = common.once(lambda: train(cfg, run_dir, progress=False), None)
     if not history:
         raise SystemExit("fcoslab: train() returned an empty history (no evaluation ran)")
     last = history[-1]
@@ -335,7 +328,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("fcoslab").setLevel(logging.INFO)  # fcoslab's per-epoch AP lines
 
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = common.machine_info()  # at the start: its date is when the run began
     paths = own_dataset(args.out_dir, args.train, args.val, args.image_size, args.seed, args.min_side)
     dataset = {"train": args.train, "val": args.val, "image_size": args.image_size, "seed": args.seed,
                "min_side": args.min_side, "dir": str(args.out_dir)}
@@ -343,27 +336,21 @@ def main() -> int:
     fl = run_fcoslab(paths, args.out_dir / "fcoslab_run", parse_overrides(args.fcoslab_set))
     print(f"fcoslab: T = {fl['seconds']:.1f} s, AP {fl['stats']['AP']:.3f}", flush=True)
 
-    started = time.perf_counter()
-    train_set = TensorSet(paths["train_ann"], paths["train_images"])
-    val_set = TensorSet(paths["val_ann"], paths["val_images"])
-    print(f"torchvision: {len(train_set)} + {len(val_set)} images loaded in {time.perf_counter() - started:.1f} s "
+    with common.stopwatch(None) as loading:
+        train_set = TensorSet(paths["train_ann"], paths["train_images"])
+        val_set = TensorSet(paths["val_ann"], paths["val_images"])
+    print(f"torchvision: {len(train_set)} + {len(val_set)} images loaded in {loading.seconds:.1f} s "
           f"(not counted); training for {fl['seconds']:.1f} s", flush=True)
     tv = run_torchvision(train_set, val_set, args.image_size, fl["seconds"], args.tv_optimizer, args.tv_decay,
                          args.tv_model)
 
-    env = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
-    machine = {"cpu": cpu_name(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-               "fcoslab": fcoslab.__version__, "threads": torch.get_num_threads(),
-               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "env": env}
     ratios = {k: ratio(fl["stats"][k], tv["stats"][k]) for k in ("AP", "AP50", "AP75")}
 
     def fmt_ratio(r: Optional[float]) -> str:
         return "n/a (torchvision 0)" if r is None else f"{r:.2f}x"
 
     print()
-    print(f"date: {date}; CPU: {machine['cpu']}; torch {machine['torch']}, torchvision {machine['torchvision']}, "
-          f"fcoslab {machine['fcoslab']}; {machine['threads']} threads; CPU capability {machine['cpu_capability']}; "
-          + (", ".join(f"{k}={v}" for k, v in env.items()) or "ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY unset"))
+    print("\n".join(common.header_lines(machine, prefix="")))
     print(f"dataset: make_shapes train={args.train} val={args.val} image_size={args.image_size} seed={args.seed} "
           f"min_side={args.min_side:g} in {args.out_dir}; float32 on the CPU")
     print(f"fcoslab: shapes preset + the four data paths + runtime.precision=off"
@@ -386,7 +373,7 @@ def main() -> int:
     print(f"\ngoal (fcoslab AP >= 1.25x torchvision AP at equal wall time): {'met' if goal_met else 'NOT met'}")
 
     if args.json is not None:
-        report = {"date": date, "machine": machine, "dataset": dataset, "precision": "float32", "device": "cpu",
+        report = {"date": machine["date"], "machine": machine, "dataset": dataset, "precision": "float32", "device": "cpu",
                   "fcoslab": fl, "torchvision": tv, "ratios": ratios, "goal_ratio": 1.25, "goal_met": goal_met,
                   "command": sys.argv}
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -14,29 +14,20 @@ mosaic shrunk to the run's test size) and once from 128 px tiles with 20% overla
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
-import time
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fcoslab.config import load_config  # noqa: E402
-from fcoslab.data import make_shapes, read_coco_json  # noqa: E402
-from fcoslab.evaluation.coco import coco_evaluate, to_coco_results  # noqa: E402
-from fcoslab.inference.predictor import Predictor, cpu_name  # noqa: E402
-from fcoslab.inference.tiling import predict_tiled  # noqa: E402
-from fcoslab.engine.trainer import train  # noqa: E402
+import common
+from fcoslab.config import load_config
+from fcoslab.data import make_shapes, read_coco_json
+from fcoslab.evaluation.coco import coco_evaluate, to_coco_results
+from fcoslab.inference.predictor import Predictor
+from fcoslab.inference.tiling import predict_tiled
+from fcoslab.engine.trainer import train
 
 KEYS = ("AP", "AP50", "APs", "APm", "APl")
-
-
-def header(argv: list[str]) -> None:
-    print(f"# {' '.join(['python', 'benchmarks/small_objects.py', *argv])}")
-    print(f"# {datetime.date.today()}, {cpu_name()} ({platform.machine()})")
 
 
 def pyramids(out: Path, epochs: int) -> None:
@@ -51,9 +42,7 @@ def pyramids(out: Path, epochs: int) -> None:
                           "assign.regress_ranges": [[-1, 16], [16, 32], [32, 64], [64, 128], [128, 1e8]]}}
     for name, extra in variants.items():
         run = out / name.split()[0]
-        started = time.time()
-        history = train(load_config("shapes", {**paths, **extra}), run, progress=False)
-        seconds = time.time() - started
+        history, seconds = common.once(lambda: train(load_config("shapes", {**paths, **extra}), run, progress=False))
         last = history[-1]
         steps = last["step"]
         print(f"{name:20s} " + " ".join(f"{k} {last[k]:.3f}" for k in KEYS)
@@ -94,9 +83,8 @@ def tiles(run: Path, out: Path, tile: int, overlap: float) -> None:
           f"precision {predictor.precision.name}")
     for name, run_one in (("untiled", lambda p: predictor([p])[0]),
                           (f"tiles {tile} px, overlap {overlap}", lambda p: predict_tiled(predictor, p, tile, overlap))):
-        started = time.time()
-        dets = [run_one(p) for p in pictures]
-        seconds = (time.time() - started) / len(pictures)
+        dets, seconds = common.once(lambda: [run_one(p) for p in pictures])
+        seconds /= len(pictures)
         stats, _ = coco_evaluate(gt, to_coco_results(zip(ids, dets), predictor.cat_ids))
         print(f"{name:32s} " + " ".join(f"{k} {stats[k]:.3f}" for k in KEYS) + f"  {1000 * seconds:.0f} ms an image")
 
@@ -113,7 +101,7 @@ def main(argv: list[str]) -> None:
     t.add_argument("--tile", type=int, default=128)
     t.add_argument("--overlap", type=float, default=0.2)
     args = parser.parse_args(argv)
-    header(argv)
+    common.print_header(__file__, argv)
     if args.what == "pyramids":
         pyramids(args.out, args.epochs)
     else:

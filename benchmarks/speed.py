@@ -7,23 +7,17 @@ test size; no data loading). A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
 
 import torch
 
+import common
 from fcoslab.config import list_presets, load_config
 from fcoslab.data import resized_shape
 from fcoslab.modeling.loss import FCOSCriterion
 from fcoslab.modeling.model import build_model
 from fcoslab.inference.predictor import choose_precision, resolve_device
 from fcoslab.engine.trainer import make_optimizer
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dict:
@@ -63,12 +57,10 @@ def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dic
     for label, step, mode in (("train img/s", train_step, model.train), ("infer img/s", infer_step, model.eval)):
         mode()
         step()
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            step()
-        sync(device)
-        result[label] = batch * iters / (time.perf_counter() - start)
+        with common.stopwatch(device) as watch:
+            for _ in range(iters):
+                step()
+        result[label] = batch * iters / watch.seconds
     return result
 
 
@@ -80,8 +72,8 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    print(f"device: {device} ({name}); torch {torch.__version__}; batch {args.batch}, {args.iters} timed iterations")
+    common.print_header()
+    print(f"device: {device} ({common.device_name(device)}); batch {args.batch}, {args.iters} timed iterations")
     print("| preset | input | train img/s | inference img/s |\n|---|---|---:|---:|")
     for preset in args.presets:
         r = bench_preset(preset, args.batch, args.iters, device)

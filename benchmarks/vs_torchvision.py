@@ -64,10 +64,8 @@ Differences that remain (from torchvision/models/detection/fcos.py, anchor_utils
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 from typing import Callable, Optional
 
 import torch
@@ -76,11 +74,12 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import common
 from fcoslab import ops
 from fcoslab.config import Config, load_config
 from fcoslab.data.transforms import pad_targets
-from fcoslab.inference.predictor import (Precision, choose_precision, cpu_name, inference_layout, predict_batches,
-                               resolve_device, training_layout)
+from fcoslab.inference.predictor import (Precision, choose_precision, inference_layout, predict_batches,
+                                        resolve_device, training_layout)
 from fcoslab.modeling.loss import FCOSCriterion
 from fcoslab.modeling.model import build_model
 
@@ -89,11 +88,6 @@ WARMUP = 2
 BOXES_PER_IMAGE = 8
 FCOSLAB_CLASSES = 80
 TORCHVISION_CLASSES = 91
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fcoslab_config(score_thresh: float) -> Config:
@@ -164,12 +158,9 @@ class Side:
         self.model.train(phase == "train")
         if self.prepare is not None:
             self.prepare(phase)
-        sync(device)
-        start = time.perf_counter()
-        result = self.train_step() if phase == "train" else self.infer_step()
-        sync(device)
+        result, seconds = common.once(self.train_step if phase == "train" else self.infer_step, device)
         if record:
-            self.times[phase].append(time.perf_counter() - start)
+            self.times[phase].append(seconds)
         if phase == "infer":
             self.detections = sum(len(r["scores"]) for r in result) / len(result)
 
@@ -266,11 +257,8 @@ def main() -> int:
                 side.run(phase, device, record=True)
 
     fl, tv = sides
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    env = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ]
-    print(f"device: {device} ({device_name}); CPU: {cpu_name()}; torch {torch.__version__}, torchvision "
-          f"{torchvision.__version__}; {torch.get_num_threads()} threads; CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}" + (f"; {', '.join(env)}" if env else ""))
+    common.print_header()
+    print(f"device: {device} ({common.device_name(device)})")
     print(f"input: {args.batch} x 3 x {args.size} x {args.size} random images, {BOXES_PER_IMAGE} random boxes each; "
           f"precision {precision.name} ({precision.reason}); score threshold {args.score_thresh}; "
           f"median of {args.iters} timed steps after {WARMUP} warm-up, the two models alternating")
