@@ -55,6 +55,13 @@ def test_two_processes_equal_one_process_with_the_whole_batch(shapes_dir, tmp_pa
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+    # two processes, each accumulating two micro-batches of one image: still the step of the whole batch
+    acc = torchrun(2, "train", "--quiet", "--out", str(tmp_path / "acc"), "--set",
+                   *set_args(shapes_dir, **EXACT, **{"train.accumulate": 2}), port=29613)
+    assert acc.returncode == 0, acc.stderr[-3000:]
+    wa = weights(tmp_path / "acc")
+    for k in w1:
+        torch.testing.assert_close(wa[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
     # resume under torchrun: one more epoch, appended once
     more = torchrun(2, "train", "--quiet", "--resume", str(tmp_path / "two"), "--set", "train.epochs=2", port=29612)
     assert more.returncode == 0, more.stderr[-3000:]

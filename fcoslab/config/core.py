@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .coerce import coerce
 from .migrate import migrate_keys
-from .sections import VALID_STRIDES, Config, ShapesConfig, metric_keys
+from .sections import (VALID_STRIDES, AssignConfig, DataConfig, DecodeConfig, EvalConfig, LossConfig, ModelConfig,
+                       RuntimeConfig, ShapesConfig, TrainConfig, metric_keys)
 from ..errors import FcoslabError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -37,6 +39,27 @@ def anchor_paths(flat: dict[str, Any], base: Path) -> dict[str, Any]:
     def anchored(value):
         return str(Path(base, value).resolve()) if isinstance(value, str) and value else value
     return {k: anchored(v) if k in PATH_KEYS else v for k, v in flat.items()}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole config: one section (:mod:`.sections`) per part of the data flow, plus where it runs."""
+    data: DataConfig = field(default_factory=DataConfig)
+    shapes: Optional[ShapesConfig] = None  # the generated set the data paths point at, if any
+    model: ModelConfig = field(default_factory=ModelConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with ``{"train.epochs": 2, ...}``-style overrides applied (checked like the CLI's)."""
+        return apply_overrides(self, overrides)
 
 
 def key_choices(dotted: str) -> tuple:

@@ -19,7 +19,7 @@ import tokenize
 import typing
 
 from . import sections as config_module
-from .sections import Config
+from .core import Config
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 
 @dataclass(frozen=True)
@@ -184,25 +184,3 @@ class RuntimeConfig:
     # else float32. fp16 and bf16 force that autocast precision, off is float32
     precision: Literal["auto", "fp16", "bf16", "off"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    shapes: Optional[ShapesConfig] = None  # the generated set the data paths point at, if any
-    model: ModelConfig = field(default_factory=ModelConfig)
-    assign: AssignConfig = field(default_factory=AssignConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **overrides: Any) -> "Config":
-        """A copy with ``{"train.epochs": 2, ...}``-style overrides applied (checked like the CLI's)."""
-        from .core import apply_overrides
-
-        return apply_overrides(self, overrides)
