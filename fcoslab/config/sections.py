@@ -37,6 +37,10 @@ class DataConfig:
     min_box_area: float = 0.0  # training boxes smaller than this (px^2, after the resize) are dropped
     keep_small_boxes: bool = False  # keep boxes under 1 px wide or high (after the resize), as torchvision does
     pad_with_mean: bool = False  # pad with the ImageNet mean colour, i.e. zeros after normalisation (torchvision)
+    # Repeat-factor sampling for rare classes (LVIS; fcoslab.data.repeat); 0 = off. With f_c the fraction of
+    # training images holding class c, an image is shown r = max over its classes of max(1, sqrt(t / f_c))
+    # times a pass (its fraction by chance); an epoch is then round(sum(r)) images, or train.images_per_epoch
+    repeat_threshold: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed as dist
 from ..runfolder import RunFolder, rng_state, set_rng_state
 from ..config import Config, anchor_paths, config_from_dict, metric_keys, validate
-from ..data import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
+from ..data import (EpochBatchSampler, build_datasets, describe_repeats, ensure_shapes, make_loader,
+                    train_repeat_factors)
 from ..errors import FcoslabError
 from ..evaluation.coco import Evaluation, coco_backend, evaluate_model
 from ..inference.predictor import choose_precision, inference_layout, training_layout
@@ -90,8 +91,10 @@ class Trainer:
         if dist.is_main():
             log.info("precision: %s on %s (%s)", self.precision.name, self.device, self.precision.reason)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.dtype == torch.float16)
-        self.batches_per_epoch = EpochBatchSampler(len(self.train_set), cfg.train.batch_size, 0, 1, cfg.train.seed,
-                                                   epoch_length=cfg.train.images_per_epoch).num_batches
+        self.repeat_factors = train_repeat_factors(self.train_set, cfg.data.repeat_threshold)
+        if self.repeat_factors is not None and dist.is_main():
+            log.info(describe_repeats(self.repeat_factors, cfg.data.repeat_threshold))
+        self.batches_per_epoch = self._sampler(0, 1, epoch=0, start_batch=0).num_batches
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict] = []
         self.nonfinite_total = 0
@@ -166,6 +169,13 @@ class Trainer:
             self.folder.remove_unsaved()
 
     # ----------------------------------------------------------------- steps
+    def _sampler(self, rank: int, world: int, epoch: int, start_batch: int) -> EpochBatchSampler:
+        """The batches of ``epoch`` from ``start_batch`` on, process ``rank`` of ``world``."""
+        t = self.cfg.train
+        return EpochBatchSampler(len(self.train_set), t.batch_size, rank, world, t.seed, epoch=epoch,
+                                 start_batch=start_batch, epoch_length=t.images_per_epoch,
+                                 repeat_factors=self.repeat_factors)
+
     def _agree(self, finite: Tensor) -> float:
         """One all-reduce a step (the sync the loss check needs anyway) that also makes every rank agree on
         a stop request (any rank's signal) and on a time-based checkpoint (any rank's clock). Returns the
@@ -208,9 +218,7 @@ class Trainer:
     def train_epoch(self) -> None:
         """Train the rest of the current epoch (all of it, or what a resumed checkpoint left), summing the
         loss parts into ``epoch_sums``; returns early, between two steps, when a stop was agreed."""
-        sampler = EpochBatchSampler(len(self.train_set), self.cfg.train.batch_size, self.rank, self.world,
-                                    self.cfg.train.seed, epoch=self.epoch, start_batch=self.batch_in_epoch,
-                                    epoch_length=self.cfg.train.images_per_epoch)
+        sampler = self._sampler(self.rank, self.world, self.epoch, self.batch_in_epoch)
         loader = make_loader(self.train_set, sampler, self.cfg)
         consecutive_bad = 0
         bar = None
