@@ -168,6 +168,14 @@ class EvalConfig:
     best_metric: str = "AP"  # the history key (higher is better) that picks best.pt, e.g. AP50 or voc_mAP50
     backend: Literal["pycocotools", "faster"] = "pycocotools"  # faster-coco-eval, the same COCO numbers (1e-4) sooner
     batch_size: int = 8  # images per evaluation batch (per process), in training's evaluations, evaluate and predict
+    # Test-time augmentation in every evaluation and prediction: each image is also seen flipped and at
+    # tta_sizes, each view's boxes mapped back to the image's pixels and all merged by decode's NMS
+    # (decode.nms_thresh, class_agnostic_nms, max_detections; fcoslab.inference.tta)
+    tta: bool = False
+    tta_flip: bool = True  # with tta: a left-right flipped view of each size
+    # with tta: test sizes beside data.test_min_size (shorter sides, data.max_size scaled alike; square sides for
+    # data.square_size configs)
+    tta_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
