@@ -145,6 +145,7 @@ def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1,
 
 
 def _loader_detections(model, loader, cfg: Config, device, precision: Precision, flip: bool = False):
+    """:func:`predict_batches` over an :func:`evaluation_loader` (whose items are lists of batches)."""
     return predict_batches(model, (batch for batches in loader for batch in batches), cfg, device, precision, flip)
 
 
