@@ -48,18 +48,18 @@ def reference(shapes_dir, tmp_path_factory):
 
 def test_a_failed_evaluation_keeps_the_epoch_and_resume_evaluates_it(shapes_dir, tmp_path, reference, monkeypatch):
     run = tmp_path / "run"
-    real = Trainer.evaluate
+    real = Trainer._evaluations
 
     def broken(self):
         raise RuntimeError("cannot read image val_005.jpg: Truncated File Read")
 
-    monkeypatch.setattr(Trainer, "evaluate", broken)
+    monkeypatch.setattr(Trainer, "_evaluations", broken)
     with pytest.raises(RuntimeError, match="Truncated"):
         train(config(shapes_dir), run, progress=False)
     saved = RunFolder(run).load()
     assert saved["epoch"] == 1 and saved["step"] == 6 and saved["pending_eval"]  # the epoch's training is kept
     assert RunFolder(run).read_history() == []
-    monkeypatch.setattr(Trainer, "evaluate", real)
+    monkeypatch.setattr(Trainer, "_evaluations", real)
     train(None, run, resume=True, progress=False)  # evaluates epoch 1 first, then trains epoch 2
     assert [h["epoch"] for h in RunFolder(run).read_history()] == [1, 2]
     assert_same_run(run, reference)
@@ -87,17 +87,17 @@ def test_a_signal_at_a_random_step_saves_it_and_resume_gives_the_uninterrupted_r
 
 def test_a_signal_during_evaluation_stops_at_once_and_resume_evaluates(shapes_dir, tmp_path, reference, monkeypatch):
     run = tmp_path / "run"
-    real = Trainer.evaluate
+    real = Trainer._evaluations
 
     def interrupted(self):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the handler raises before this ends
         raise AssertionError("the signal did not stop the evaluation")
 
-    monkeypatch.setattr(Trainer, "evaluate", interrupted)
+    monkeypatch.setattr(Trainer, "_evaluations", interrupted)
     with pytest.raises(TrainingStopped, match="evaluation of epoch 1 interrupted"):
         train(config(shapes_dir), run, progress=False)
-    monkeypatch.setattr(Trainer, "evaluate", real)
+    monkeypatch.setattr(Trainer, "_evaluations", real)
     train(None, run, resume=True, progress=False)
     assert_same_run(run, reference)
 

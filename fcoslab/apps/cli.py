@@ -160,7 +160,8 @@ def _cmd_evaluate(args) -> None:
     ckpt = Path(args.checkpoint)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
     out = args.out or folder / "results.json"
-    evaluation = evaluate_checkpoint(ckpt, args.ann, args.images, out, device=args.device, metrics=args.metrics)
+    evaluation = evaluate_checkpoint(ckpt, args.ann, args.images, out, device=args.device, metrics=args.metrics,
+                                     overrides=parse_overrides(args.set))
     if evaluation.stats:
         print(summary_text(evaluation.stats))
     if evaluation.voc is not None:
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="COCO results json (default: beside the checkpoint)")
     p.add_argument("--device", default="auto")
     p.add_argument("--metrics", choices=["coco", "voc", "both"], help="default: the run's eval.metrics")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="test-time overrides of the run's config, e.g. eval.tta=true eval.tta_sizes=[96,160]")
     p.add_argument("--analysis", action="store_true",
                    help="also write the confusion matrix and the error breakdown (JSON and PNG)")
     p.add_argument("--analysis-out", help="folder for --analysis (default: RUN/analysis)")

@@ -18,6 +18,8 @@ def _cmd_predict(args) -> None:
         raise FcoslabError(f"--tile must be 0 (off) or a side of at least {MIN_TILE} pixels, and --overlap in [0, 1); "
                            f"got --tile {args.tile}, --overlap {args.overlap}")
     inputs = args.inputs
+    if args.onnx and args.set:
+        raise FcoslabError("--set changes a run's config: it takes a checkpoint, not --onnx")
     if args.onnx:  # every positional is an image: argparse gives the first to checkpoint when there are several
         from ..inference.onnx.export import OnnxPredictor
 
@@ -26,7 +28,9 @@ def _cmd_predict(args) -> None:
     elif args.checkpoint is None:
         raise FcoslabError("predict needs CHECKPOINT (a run folder or .pt file) before the images, or --onnx FILE")
     else:
-        predictor = Predictor(args.checkpoint, device=args.device)
+        from ..config import parse_overrides
+
+        predictor = Predictor(args.checkpoint, device=args.device, overrides=parse_overrides(args.set))
     try:
         records = predict_files(predictor, inputs, args.out, args.score, one_class=args.one_class, tile=args.tile,
                                 overlap=args.overlap)
@@ -67,6 +71,8 @@ def add_prediction_commands(sub) -> None:
                                                         "whole image, merged by NMS (large images, small objects)")
     p.add_argument("--overlap", type=float, default=0.2, help="tile overlap, a fraction of --tile (default 0.2)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="test-time overrides of the run's config, e.g. eval.tta=true")
     p.set_defaults(func=_cmd_predict)
 
     _add_export_command(sub)

@@ -228,6 +228,12 @@ def validate(cfg: Config) -> None:
     if cfg.train.checkpoint_minutes < 0:
         raise FcoslabError(f"config key 'train.checkpoint_minutes' must be 0 (off) or positive, got "
                            f"{cfg.train.checkpoint_minutes}")
+    if not 0 <= cfg.data.repeat_threshold <= 1:
+        raise FcoslabError(f"config key 'data.repeat_threshold' must be 0 (off) or a fraction of images in (0, 1], "
+                           f"got {cfg.data.repeat_threshold}")
+    if any(size < 1 for size in cfg.eval.tta_sizes):
+        raise FcoslabError(f"config key 'eval.tta_sizes' lists test sizes in pixels, each at least 1, got "
+                           f"{list(cfg.eval.tta_sizes)}")
     if cfg.data.square_size < 0 or cfg.data.min_box_area < 0:
         raise FcoslabError("config keys 'data.square_size' and 'data.min_box_area' must be 0 (off) or positive")
     if m.pad_multiple < 0 or (m.pad_multiple and m.pad_multiple % 32):

@@ -37,6 +37,10 @@ class DataConfig:
     min_box_area: float = 0.0  # training boxes smaller than this (px^2, after the resize) are dropped
     keep_small_boxes: bool = False  # keep boxes under 1 px wide or high (after the resize), as torchvision does
     pad_with_mean: bool = False  # pad with the ImageNet mean colour, i.e. zeros after normalisation (torchvision)
+    # Repeat-factor sampling for rare classes (LVIS; fcoslab.data.repeat); 0 = off. With f_c the fraction of
+    # training images holding class c, an image is shown r = max over its classes of max(1, sqrt(t / f_c))
+    # times a pass (its fraction by chance); an epoch is then round(sum(r)) images, or train.images_per_epoch
+    repeat_threshold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,14 @@ class EvalConfig:
     backend: Literal["pycocotools", "faster"] = "pycocotools"  # faster-coco-eval, the same COCO numbers (1e-4) sooner
     batch_size: int = 8  # images per evaluation batch (per process), in training's evaluations, evaluate and predict
     loss: bool = True  # also record the validation loss (its terms: val_loss, val_loss_cls, ...) in training's evaluations
+    # Test-time augmentation in every evaluation and prediction: each image is also seen flipped and at
+    # tta_sizes, each view's boxes mapped back to the image's pixels and all merged by decode's NMS
+    # (decode.nms_thresh, class_agnostic_nms, max_detections; fcoslab.inference.tta)
+    tta: bool = False
+    tta_flip: bool = True  # with tta: a left-right flipped view of each size
+    # with tta: test sizes beside data.test_min_size (shorter sides, data.max_size scaled alike; square sides for
+    # data.square_size configs)
+    tta_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

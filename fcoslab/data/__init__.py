@@ -1,6 +1,7 @@
 """Datasets: COCO-format loading, the synthetic shapes and COCO-like generators, transforms and batching,
 and the converters of VOC, YOLO and list annotations to COCO: annotation files in :mod:`.formats`, generated
-sets in :mod:`.synthetic`, then :mod:`.transforms`, :mod:`.batching`, :mod:`.loader`, :mod:`.image_check`.
+sets in :mod:`.synthetic`, then :mod:`.transforms`, :mod:`.batching`, :mod:`.repeat` (repeat-factor sampling),
+:mod:`.loader`, :mod:`.image_check`.
 
 Imports only the top-level helpers (errors, files) and :mod:`fcoslab.config`; modeling and above import it.
 """
@@ -13,6 +14,7 @@ from .transforms import (IMAGENET_MEAN, IMAGENET_STD, ResizeShortest, build_tran
                          collate_fn, eval_image_shape, float_pixels, pad_targets, resized_shape)
 from .batching import (collate_by_padded_size, collate_by_padded_size_fn, padded_shape,  # noqa: F401
                        planned_padded_shapes, size_grouped_batches)
+from .repeat import describe as describe_repeats, image_labels, repeat_factors, train_repeat_factors  # noqa: F401
 from .loader import EpochBatchSampler, SeededSamples, build_datasets, make_loader  # noqa: F401
 from .formats.convert import Conversion, read_class_names  # noqa: F401
 from .formats.voc import VOC_CLASSES, voc_to_coco  # noqa: F401

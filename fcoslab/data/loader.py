@@ -7,15 +7,17 @@ single-process run.
 
 from __future__ import annotations
 
+import bisect
 import os
+from typing import Optional
 
 import torch
 
 from ..config import Config
 from ..errors import FcoslabError
 from .formats.coco import CocoDetection
+from .repeat import COPY_SEED_STEP, expected_pass_length, pass_copies, pass_members
 from .transforms import build_transforms, collate_fn
-
 
 
 def build_datasets(cfg: Config, train_transforms: bool = True) -> tuple[CocoDetection, CocoDetection]:
@@ -46,36 +48,64 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     contiguous slices and this process takes slice ``rank``. Batches before ``start_batch`` are skipped
     (resume). An epoch has ``epoch_length // batch_size`` batches. A sample's augmentation seed comes
     from (seed, pass, index), so the same image drawn twice in one epoch is augmented differently.
+
+    ``repeat_factors`` (float (N,), :func:`fcoslab.data.repeat.repeat_factors`) makes each pass show image
+    ``i`` ``floor(r_i)`` times plus once more with probability ``frac(r_i)``, drawn under (seed, pass)
+    (:mod:`fcoslab.data.repeat`); the passes then differ in length, so epochs are of a fixed length, by
+    default the mean pass length ``sum(r_i)``, drawn pass after pass. A copy ``k > 0`` of an image gets its
+    own augmentation seed. Factors that are all 1 (or None) give the sampler without repeats, bit for bit.
     """
 
     def __init__(self, length: int, batch_size: int, rank: int, world: int, seed: int, epoch: int = 0,
-                 start_batch: int = 0, epoch_length: int = 0):
+                 start_batch: int = 0, epoch_length: int = 0, repeat_factors: Optional[torch.Tensor] = None):
         self.length, self.batch_size, self.rank, self.world = length, batch_size, rank, world
         self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
+        if repeat_factors is not None and bool((repeat_factors == 1).all()):
+            repeat_factors = None  # nothing is repeated: the plain passes
+        self.factors = repeat_factors
+        if self.factors is not None:
+            epoch_length = epoch_length or expected_pass_length(self.factors)
         self.num_batches = max(epoch_length or length, batch_size) // batch_size
         one_pass = not epoch_length and length >= batch_size  # the rest of each pass is dropped
         # position of this epoch's first sample in the stream
         self.first = epoch * (length if one_pass else self.num_batches * batch_size)
         self.per_rank = batch_size // world
+        self._starts = [0]  # with repeats: the stream position where each pass starts, as far as known
 
     def __len__(self) -> int:
         return self.num_batches - self.start_batch
 
-    def _pass_order(self, n: int) -> list[int]:
+    def _pass(self, n: int) -> tuple[list[int], Optional[list[int]]]:
+        """Pass ``n``'s samples in stream order: image indices, and each one's copy number (None: all 0)."""
         g = torch.Generator().manual_seed(self.seed * 100003 + n)
-        return torch.randperm(self.length, generator=g).tolist()
+        if self.factors is None:
+            return torch.randperm(self.length, generator=g).tolist(), None
+        index, copy = pass_members(pass_copies(self.factors, self.seed, n))  # (S,), (S,)
+        shuffle = torch.randperm(len(index), generator=g)
+        return index[shuffle].tolist(), copy[shuffle].tolist()
+
+    def _locate(self, q: int) -> tuple[int, int]:
+        """(pass, position in the pass) of stream position ``q``."""
+        if self.factors is None:
+            return q // self.length, q % self.length
+        while self._starts[-1] <= q:  # the pass lengths up to q: their repeat draws only, no shuffle
+            n = len(self._starts) - 1
+            self._starts.append(self._starts[-1] + int(pass_copies(self.factors, self.seed, n).sum()))
+        n = bisect.bisect_right(self._starts, q) - 1
+        return n, q - self._starts[n]
 
     def __iter__(self):
-        orders: dict[int, list[int]] = {}  # the passes this epoch touches
+        passes: dict[int, tuple] = {}  # the passes this epoch touches
         for b in range(self.start_batch, self.num_batches):
             lo = self.first + b * self.batch_size + self.rank * self.per_rank
             batch = []
             for q in range(lo, lo + self.per_rank):
-                n = q // self.length
-                if n not in orders:
-                    orders[n] = self._pass_order(n)
-                i = orders[n][q % self.length]
-                batch.append((i, (self.seed * 1000003 + n) * 10000019 + i))
+                n, k = self._locate(q)
+                if n not in passes:
+                    passes[n] = self._pass(n)
+                order, copies = passes[n]
+                i, copy = order[k], 0 if copies is None else copies[k]
+                batch.append((i, (self.seed * 1000003 + n) * 10000019 + i + copy * COPY_SEED_STEP))
             yield batch
 
 

@@ -15,7 +15,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import Optional
+
+import torch
+
+from .. import distributed as dist
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -78,3 +83,13 @@ class StopRequests:
             yield
         finally:
             self._now = None
+
+
+def agree(finite: torch.Tensor, asked: bool, last_save: float, checkpoint_minutes: float) -> tuple[float, bool, bool]:
+    """The one all-reduce of a training step: the mean over ranks of ``finite`` (1.0 where this rank's loss
+    is finite), and whether any rank was asked to stop (a signal) or is due a time-based checkpoint (its
+    clock, ``time.monotonic()`` since ``last_save``) -> ``(mean_finite, stop, save)``, the same on every rank."""
+    due = checkpoint_minutes > 0 and time.monotonic() - last_save >= 60 * checkpoint_minutes
+    flags = torch.stack([finite, finite.new_tensor(float(asked)), finite.new_tensor(float(due))])
+    mean_finite, stop, save = dist.all_reduce_mean(flags).tolist()
+    return mean_finite, stop > 0, save > 0

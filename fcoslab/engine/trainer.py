@@ -7,6 +7,7 @@ Runs in one process or under torchrun (DistributedDataParallel). Rank 0 alone wr
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import signal
 import time
@@ -20,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed as dist
 from ..runfolder import RunFolder, rng_state, set_rng_state
 from ..config import Config, config_from_dict, validate
-from ..data import EpochBatchSampler, build_datasets, ensure_shapes, make_loader
+from ..data import (EpochBatchSampler, build_datasets, describe_repeats, ensure_shapes, make_loader,
+                    train_repeat_factors)
 from ..errors import FcoslabError
 from ..evaluation.coco import Evaluation, coco_backend
 from ..inference.predictor import choose_precision
@@ -31,11 +33,20 @@ from .ema import ModelEMA
 from .optim import lr_factor, make_optimizer
 from .resume import check_change, resumed_config
 from .setup import build_training_model, check_dataset_images, setup_device
-from .stopping import StopRequests, TrainingStopped, signal_name
+from .stopping import StopRequests, TrainingStopped, agree, signal_name
 from .tensorboard_log import TensorBoardLog
 from .validation import early_stop_reason, epoch_evaluations, history_record, summary_line
 
 log = logging.getLogger("fcoslab")
+
+COUNTERS = {  # where a run is, saved in every checkpoint, with its value at the start of a run
+    "epoch": 0, "step": 0, "batch_in_epoch": 0, "nonfinite_total": 0,
+    "history": [],  # one record per evaluation
+    "elapsed": 0.0,  # seconds of training and evaluation, summed over resumes
+    "epoch_sums": {},  # loss parts summed over the current epoch's finite steps...
+    "epoch_count": 0,  # ... and their number (saved mid-epoch, so a resumed epoch's means are exact)
+    "epoch_losses": {},  # means of the last finished epoch, for its evaluation record
+    "pending_eval": False}  # the last finished epoch is saved but not yet evaluated
 
 
 class Trainer:
@@ -86,18 +97,14 @@ class Trainer:
         if dist.is_main():
             log.info("precision: %s on %s (%s)", self.precision.name, self.device, self.precision.reason)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.dtype == torch.float16)
-        self.batches_per_epoch = EpochBatchSampler(len(self.train_set), cfg.train.batch_size, 0, 1, cfg.train.seed,
-                                                   epoch_length=cfg.train.images_per_epoch).num_batches
-        self.epoch, self.step, self.batch_in_epoch, self.nonfinite_total = 0, 0, 0, 0
-        self.history: list[dict] = []  # one record per evaluation
-        self.elapsed = 0.0  # seconds of training and evaluation, summed over resumes
-        self.epoch_sums: dict[str, float] = {}  # loss parts summed over the current epoch's finite steps...
-        self.epoch_count = 0  # ... and their number (saved mid-epoch, so a resumed epoch's means are exact)
-        self.epoch_losses: dict[str, float] = {}  # means of the last finished epoch, for its evaluation record
-        self.pending_eval = False  # the last finished epoch is saved but not yet evaluated
+        self.repeat_factors = train_repeat_factors(self.train_set, cfg.data.repeat_threshold)
+        if self.repeat_factors is not None and dist.is_main():
+            log.info(describe_repeats(self.repeat_factors, cfg.data.repeat_threshold))
+        self.batches_per_epoch = self._sampler(0, 1, epoch=0, start_batch=0).num_batches
+        for name, start in COUNTERS.items():
+            setattr(self, name, copy.copy(start))
         self.stop: Optional[StopRequests] = None  # while run() runs: the signals asked for
-        self.stop_agreed, self.save_due = False, False  # the ranks agreed to stop / to checkpoint now
-        self.last_save = time.monotonic()
+        self.stop_agreed, self.save_due, self.last_save = False, False, time.monotonic()  # see stopping.agree
         if checkpoint is not None:
             self._restore(checkpoint)
         self._wrap()
@@ -126,14 +133,10 @@ class Trainer:
     def _state(self) -> dict:
         weights = {"model": self.model.state_dict()} if self.ema is None else \
             {"model": self.ema.state_dict(), "train_model": self.model.state_dict(), "ema_updates": self.ema.updates}
-        return {**weights, "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
-                "batch_in_epoch": self.batch_in_epoch, "config": self.cfg.to_dict(),
-                "num_classes": self.model.num_classes, "cat_ids": list(self.index.cat_ids),
-                "class_names": list(self.index.names), "history": self.history,
-                "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed, "rng": rng_state(),
-                "epoch_sums": self.epoch_sums, "epoch_count": self.epoch_count, "epoch_losses": self.epoch_losses,
-                "pending_eval": self.pending_eval}
+        return {**weights, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "config": self.cfg.to_dict(), "num_classes": self.model.num_classes, "cat_ids": list(self.index.cat_ids),
+                "class_names": list(self.index.names), "rng": rng_state(),
+                **{name: getattr(self, name) for name in COUNTERS}}
 
     def _restore(self, ckpt: dict) -> None:
         old = config_from_dict(ckpt["config"]).train
@@ -147,11 +150,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"] and self.scaler.is_enabled():  # empty when the run was saved without float16
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.step, self.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
-        self.history, self.nonfinite_total = list(ckpt["history"]), ckpt.get("nonfinite_total", 0)
-        self.elapsed = ckpt.get("elapsed", 0.0)
-        self.epoch_sums, self.epoch_count = dict(ckpt.get("epoch_sums", {})), ckpt.get("epoch_count", 0)
-        self.epoch_losses, self.pending_eval = dict(ckpt.get("epoch_losses", {})), ckpt.get("pending_eval", False)
+        for name, start in COUNTERS.items():  # keys added later are missing from older checkpoints
+            setattr(self, name, copy.copy(ckpt.get(name, start)))
         set_rng_state(ckpt["rng"])
         log.info("resumed %s at epoch %d, step %d%s", self.folder.path, self.epoch, self.step,
                  f" (evaluating epoch {self.epoch} first)" if self.pending_eval else "")
@@ -168,16 +168,19 @@ class Trainer:
         if dist.is_main() and self.unsaved and not self.folder.has_checkpoint():
             self.folder.remove_unsaved()
 
+    def _sampler(self, rank: int, world: int, epoch: int, start_batch: int) -> EpochBatchSampler:
+        """The batches of ``epoch`` from ``start_batch`` on, process ``rank`` of ``world``."""
+        t = self.cfg.train
+        return EpochBatchSampler(len(self.train_set), t.batch_size, rank, world, t.seed, epoch=epoch,
+                                 start_batch=start_batch, epoch_length=t.images_per_epoch,
+                                 repeat_factors=self.repeat_factors)
+
     def _agree(self, finite: Tensor) -> float:
         """One all-reduce a step (the sync the loss check needs anyway) that also makes every rank agree on
         a stop request (any rank's signal) and on a time-based checkpoint (any rank's clock). Returns the
         mean of ``finite`` over ranks; sets ``stop_agreed`` and ``save_due``."""
-        minutes = self.cfg.train.checkpoint_minutes
-        due = minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
         asked = self.stop is not None and self.stop.requested is not None
-        flags = torch.stack([finite, finite.new_tensor(float(asked)), finite.new_tensor(float(due))])
-        mean_finite, stop, save = dist.all_reduce_mean(flags).tolist()
-        self.stop_agreed, self.save_due = stop > 0, save > 0
+        mean_finite, self.stop_agreed, self.save_due = agree(finite, asked, self.last_save, self.cfg.train.checkpoint_minutes)
         return mean_finite
 
     def train_step(self, batch: dict) -> Optional[dict]:
@@ -233,9 +236,7 @@ class Trainer:
     def train_epoch(self) -> None:
         """Train the rest of the current epoch (all of it, or what a resumed checkpoint left), summing the
         loss parts into ``epoch_sums``; returns early, between two steps, when a stop was agreed."""
-        sampler = EpochBatchSampler(len(self.train_set), self.cfg.train.batch_size, self.rank, self.world,
-                                    self.cfg.train.seed, epoch=self.epoch, start_batch=self.batch_in_epoch,
-                                    epoch_length=self.cfg.train.images_per_epoch)
+        sampler = self._sampler(self.rank, self.world, self.epoch, self.batch_in_epoch)
         loader = make_loader(self.train_set, sampler, self.cfg)
         consecutive_bad = 0
         bar = None
@@ -357,7 +358,6 @@ class Trainer:
             return False
         if dist.is_main():
             log.info("%s; the best weights are in %s", reason, self.folder.best)
-        if dist.is_main() and self.history[-1].get("stopped") != reason:
             self.history[-1]["stopped"] = reason  # recorded in history.json and the checkpoint
         self.save()
         return True

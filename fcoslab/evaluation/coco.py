@@ -18,6 +18,7 @@ from ..config import COCO_STATS, Config, key_choices
 from ..data.formats.coco import CocoIndex, coco_api
 from ..errors import FcoslabError
 from ..inference.predictor import Precision, Predictor, predict_batches
+from ..inference.tta import merge_views, tta_views, view_config, view_dataset
 
 STAT_NAMES = COCO_STATS  # COCO's 12 summary numbers, the history keys of a COCO evaluation
 _SUMMARY_ROWS = [  # (metric, iou, area, maxDets) in the order pycocotools prints them
@@ -111,33 +112,69 @@ def coco_evaluate(gt: dict, results: list[dict], image_ids: Optional[list[int]] 
     return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}, evaluator
 
 
-def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+def planned_batches(dataset, cfg: Config, positions: Optional[list[int]] = None) -> list[list[int]]:
+    """Batches of at most ``eval.batch_size`` positions of ``dataset`` (all, or those of ``positions``) whose
+    images pad to one size under ``cfg``'s evaluation transforms, planned from the images' stored sizes
+    (:func:`fcoslab.data.size_grouped_batches`), ordered by their first image."""
+    from ..data import planned_padded_shapes, size_grouped_batches
+
+    shapes = planned_padded_shapes(dataset, cfg)
+    if positions is None:
+        return size_grouped_batches(shapes, cfg.eval.batch_size)
+    return [[positions[j] for j in batch]
+            for batch in size_grouped_batches([shapes[i] for i in positions], cfg.eval.batch_size)]
+
+
+def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1,
+                      positions: Optional[list[int]] = None) -> torch.utils.data.DataLoader:
     """Batches of at most ``eval.batch_size`` images of one padded size, planned from the images'
-    sizes (:func:`fcoslab.data.size_grouped_batches`), ordered by their first image; process ``rank``
-    takes batches rank, rank + world, ... Each item the loader yields is a list of collated batches (one,
-    unless a file's size differed from its json: :func:`fcoslab.data.collate_by_padded_size`).
+    sizes (:func:`planned_batches`), ordered by their first image; process ``rank`` takes batches rank,
+    rank + world, ... (or, given ``positions``, the batches of those images alone). Each item the loader
+    yields is a list of collated batches (one, unless a file's size differed from its json:
+    :func:`fcoslab.data.collate_by_padded_size`).
 
     Every image is padded to its own multiple of the size divisibility, as it would be alone, so its
     detections depend neither on ``eval.batch_size`` nor on the number of processes (nor on the
     dataset's order); a set of one padded size gets the consecutive batches of before.
     """
-    from ..data import collate_by_padded_size_fn, make_loader, planned_padded_shapes, size_grouped_batches
+    from ..data import collate_by_padded_size_fn, make_loader
 
-    batches = size_grouped_batches(planned_padded_shapes(dataset, cfg), cfg.eval.batch_size)
-    batches = [[(i, 0) for i in batch] for batch in batches]
-    return make_loader(dataset, batches[rank::world], cfg, collate=collate_by_padded_size_fn(cfg))
+    batches = planned_batches(dataset, cfg, positions)
+    batches = [[(i, 0) for i in batch] for batch in (batches if positions is not None else batches[rank::world])]
+    return make_loader(dataset, batches, cfg, collate=collate_by_padded_size_fn(cfg))
+
+
+def _loader_detections(model, loader, cfg: Config, device, precision: Precision, flip: bool = False,
+                       on_outputs=None):
+    """:func:`predict_batches` over an :func:`evaluation_loader` (whose items are lists of batches)."""
+    return predict_batches(model, (batch for batches in loader for batch in batches), cfg, device, precision, flip,
+                           on_outputs)
 
 
 def predict_dataset(model, dataset, cfg: Config, device: torch.device, precision: Precision, rank: int = 0,
                     world: int = 1, on_outputs=None) -> list[tuple[int, dict]]:
     """``(image_id, detections)`` of this process's share of ``dataset`` (:func:`evaluation_loader`), in
-    dataset order; the shares of ``world`` processes together are every image once. ``on_outputs`` as in
-    :func:`fcoslab.inference.predictor.predict_batches`."""
-    loader = evaluation_loader(dataset, cfg, rank, world)
-    detections = predict_batches(model, (batch for batches in loader for batch in batches), cfg, device, precision,
-                                 on_outputs)
+    dataset order; the shares of ``world`` processes together are every image once.
+
+    With ``eval.tta`` a process takes the same images, and runs each test-time view over them as an
+    evaluation of that view's size (:mod:`fcoslab.inference.tta`); an image's views are then merged.
+    ``on_outputs`` (see :func:`fcoslab.inference.predictor.predict_batches`) sees the plain view's outputs.
+    """
     position = {info["id"]: k for k, info in enumerate(dataset.images)}
-    return sorted(detections, key=lambda item: position[item[0]])
+    views = tta_views(cfg)
+    if len(views) == 1:
+        detections = _loader_detections(model, evaluation_loader(dataset, cfg, rank, world), cfg, device, precision,
+                                        on_outputs=on_outputs)
+        return sorted(detections, key=lambda item: position[item[0]])
+    mine = [i for batch in planned_batches(dataset, cfg)[rank::world] for i in batch]
+    per_view = []
+    for k, view in enumerate(views):
+        seen, view_cfg = view_dataset(dataset, view, plain=k == 0), view_config(cfg, view)
+        loader = evaluation_loader(seen, view_cfg, positions=mine)
+        per_view.append(dict(_loader_detections(model, loader, view_cfg, device, precision, view.flip,
+                                                on_outputs if k == 0 else None)))
+    merged = [(image_id, merge_views([dets[image_id] for dets in per_view], cfg.decode)) for image_id in per_view[0]]
+    return sorted(merged, key=lambda item: position[item[0]])
 
 
 @dataclass
@@ -247,7 +284,7 @@ def per_class_ap(evaluator, iou: Optional[float] = None) -> np.ndarray:
 
 def evaluate(run: str | Path, ann_file: Optional[str | Path] = None, image_dir: Optional[str | Path] = None, *,
              metrics: Optional[str] = None, backend: Optional[str] = None, device: str = "auto",
-             results_out: Optional[str | Path] = None) -> Evaluation:
+             results_out: Optional[str | Path] = None, overrides: Optional[dict] = None) -> Evaluation:
     """Evaluate a trained run: ``run`` is a run folder (its ``last.pt``) or a checkpoint file (e.g. ``best.pt``).
 
     Args:
@@ -258,6 +295,8 @@ def evaluate(run: str | Path, ann_file: Optional[str | Path] = None, image_dir: 
         backend: ``pycocotools`` or ``faster`` (default: the run's ``eval.backend``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         results_out: also write the COCO results json there.
+        overrides: test-time config keys, e.g. ``{"eval.tta": True, "eval.tta_sizes": [96, 160]}``
+            (not ``model.*``).
 
     Returns:
         an :class:`Evaluation`; on the run's validation set its numbers equal those of ``history.json``.
@@ -270,22 +309,24 @@ def evaluate(run: str | Path, ann_file: Optional[str | Path] = None, image_dir: 
     """
     return evaluate_checkpoint(run, None if ann_file is None else str(ann_file),
                                None if image_dir is None else str(image_dir), results_out=results_out, device=device,
-                               metrics=metrics, backend=backend)
+                               metrics=metrics, backend=backend, overrides=overrides)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, ann_file: Optional[str] = None, image_dir: Optional[str] = None,
                         results_out: Optional[str | Path] = None, device: str = "auto",
-                        metrics: Optional[str] = None, backend: Optional[str] = None) -> Evaluation:
+                        metrics: Optional[str] = None, backend: Optional[str] = None,
+                        overrides: Optional[dict] = None) -> Evaluation:
     """Evaluate a run folder or checkpoint on its validation set (or ``ann_file`` + ``image_dir``), with
     the run's precision rule, evaluation batch size, ``eval.metrics`` (or ``metrics``) and ``eval.backend``
     (or ``backend``; a run saved before ``eval.backend`` existed uses pycocotools): on the run's
     validation set and the same kind of device, the numbers equal those in its ``history.json``. Writes
-    the results json when ``results_out``.
+    the results json when ``results_out``. ``overrides`` change test-time keys of the run's config
+    (:func:`fcoslab.inference.predictor.test_time_config`), e.g. ``eval.tta`` or the validation paths.
     """
     from ..files import write_json
     from ..data import CocoDetection, build_transforms
 
-    predictor = Predictor(checkpoint, device=device)
+    predictor = Predictor(checkpoint, device=device, overrides=overrides)
     cfg = predictor.cfg
     if (ann_file is None) != (image_dir is None):
         raise FcoslabError("give both --ann and --images, or neither (to use the run's validation set)")

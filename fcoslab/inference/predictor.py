@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from ..runfolder import load_checkpoint
-from ..config import config_from_dict
+from ..config import Config, anchor_paths, config_from_dict, validate
 from ..data import build_transforms
 from ..data.formats.coco import make_sample, to_rgb
 from ..data.batching import padded_shape, size_grouped_batches
@@ -28,6 +28,7 @@ from ..data.transforms import collate_fn
 from ..modeling.decode import decode
 from ..errors import FcoslabError
 from ..modeling.model import build_model
+from .tta import merge_views, tta_views, unflip, view_config, view_transforms
 
 log = logging.getLogger("fcoslab")
 
@@ -247,7 +248,7 @@ def batch_invariant_layers(model: torch.nn.Module, on: bool = True) -> None:
 
 
 @torch.inference_mode()
-def predict_batches(model, batches, cfg, device: torch.device, precision: Precision,
+def predict_batches(model, batches, cfg, device: torch.device, precision: Precision, flip: bool = False,
                     on_outputs: Optional[Callable[[dict, dict], None]] = None):
     """Run ``model`` (which the caller has put in eval mode and :func:`inference_layout`) over collated batches;
     ``on_outputs(outputs, batch)`` sees each batch's raw outputs (e.g. to sum a validation loss).
@@ -255,7 +256,8 @@ def predict_batches(model, batches, cfg, device: torch.device, precision: Precis
     Yields ``(image_id, detections)`` on the CPU, detections as :func:`fcoslab.modeling.decode.decode` returns them.
     An image's detections depend only on its own padded pixels (:func:`batch_invariant_layers`, and
     :func:`fcoslab.modeling.decode.image_scores`): batches of images of one padded size
-    (:mod:`fcoslab.data.batching`) give each image the detections it has alone.
+    (:mod:`fcoslab.data.batching`) give each image the detections it has alone. ``flip``: the batches hold
+    left-right flipped images (a test-time view, :mod:`fcoslab.inference.tta`), whose boxes are mirrored back.
     """
     channels_last = channels_last_inference(device)
     for batch in batches:
@@ -267,15 +269,16 @@ def predict_batches(model, batches, cfg, device: torch.device, precision: Precis
         if on_outputs is not None:
             on_outputs(outputs, batch)
         dets = decode(outputs, batch["image_sizes"].to(device), batch["orig_sizes"].to(device), cfg.decode)
-        for image_id, det in zip(batch["image_ids"], dets):
-            yield image_id, {k: v.cpu() for k, v in det.items()}
+        for image_id, det, (_, width) in zip(batch["image_ids"], dets, batch["orig_sizes"].tolist()):
+            det = {k: v.cpu() for k, v in det.items()}
+            yield image_id, unflip(det, width) if flip else det
 
 
 class Predictor:
     """A trained detector: ``Predictor("runs/shapes")`` or ``Predictor("runs/shapes/last.pt")``.
 
     It runs in the run's precision rule (``runtime.precision``) on ``device``, with the run's evaluation
-    transforms, so its detections are those that evaluation scored.
+    transforms (and its test-time views with ``eval.tta``), so its detections are those that evaluation scored.
 
     Example::
 
@@ -286,15 +289,17 @@ class Predictor:
         print([predictor.class_names[k] for k in det["labels"].tolist()], det["scores"])
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", amp: Optional[str] = None):
-        """``amp`` replaces the run's ``runtime.precision`` rule (``"off"``: float32)."""
+    def __init__(self, checkpoint: str | Path, device: str = "auto", amp: Optional[str] = None,
+                 overrides: Optional[dict] = None):
+        """``amp`` replaces the run's ``runtime.precision`` rule (``"off"``: float32); ``overrides`` change
+        test-time keys of the run's config (``{"eval.tta": True}``, ``decode.*``, ...; not ``model.*``)."""
         if not Path(checkpoint).exists():
             where = "" if Path(checkpoint).is_absolute() else f" (that is {Path(checkpoint).resolve()})"
             raise FcoslabError(f"checkpoint {checkpoint} does not exist{where}: give a run folder or its .pt file, "
                                "or train one first: `make demo` writes runs/shapes, notebook 03 runs/nb_shapes, "
                                "`fcoslab train --out RUN` any other")
         ckpt = load_checkpoint(checkpoint)
-        self.cfg = config_from_dict(ckpt["config"])
+        self.cfg = test_time_config(config_from_dict(ckpt["config"]), overrides)
         self.device = resolve_device(device, "device (--device)")
         self.precision = choose_precision(amp or self.cfg.runtime.precision, self.device)
         self.model = build_model(self.cfg.model, ckpt["num_classes"])
@@ -306,24 +311,49 @@ class Predictor:
         self.epoch = ckpt["epoch"]
         self.transforms = build_transforms(self.cfg.data, train=False)
 
-    def _prepare(self, image: Image.Image) -> tuple[torch.Tensor, dict]:
-        """The evaluation transforms of the run's config, applied to one image without ground truth."""
-        return self.transforms(*make_sample(to_rgb(image), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 0))
+    def _prepare(self, image: Image.Image, transforms=None) -> tuple[torch.Tensor, dict]:
+        """The evaluation transforms of the run's config (or ``transforms``, a view's), applied to one image
+        without ground truth."""
+        empty = make_sample(to_rgb(image), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 0)
+        return (transforms or self.transforms)(*empty)
 
     def __call__(self, images: Sequence[Image.Image], batch_size: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
         """Detections for PIL images, in their order: one dict per image with ``boxes`` float (N, 4) xyxy
         pixels of the image as given, ``scores`` (N,), ``labels`` int64 (N,). Images of one padded size
         are batched together, at most ``batch_size`` (default: the run's ``eval.batch_size``) at a
         time, so an image's detections do not depend on the others given with it
-        (:mod:`fcoslab.data.batching`)."""
+        (:mod:`fcoslab.data.batching`). With ``eval.tta`` each test-time view is predicted so, and an
+        image's views merged (:func:`fcoslab.inference.tta.merge_views`)."""
+        views = tta_views(self.cfg)
+        per_view = [self._predict_view(images, batch_size, view, plain=k == 0) for k, view in enumerate(views)]
+        if len(views) == 1:
+            return per_view[0]
+        return [merge_views(dets, self.cfg.decode) for dets in zip(*per_view)]
+
+    def _predict_view(self, images, batch_size: Optional[int], view, plain: bool) -> list[dict[str, torch.Tensor]]:
+        """Detections of each image in one test-time view (the run's own transforms for the ``plain`` one)."""
         size = batch_size or self.cfg.eval.batch_size
-        samples = [self._prepare(im) for im in images]
+        samples = [self._prepare(im, None if plain else view_transforms(view)) for im in images]
         d = self.cfg.model.size_divisibility
         batches = size_grouped_batches([padded_shape(*image.shape[-2:], d) for image, _ in samples], size)
-        collate = collate_fn(self.cfg)
-        dets = predict_batches(self.model, (collate([samples[i] for i in b]) for b in batches), self.cfg,
-                               self.device, self.precision)
+        cfg = view_config(self.cfg, view)
+        collate = collate_fn(cfg)
+        dets = predict_batches(self.model, (collate([samples[i] for i in b]) for b in batches), cfg,
+                               self.device, self.precision, flip=view.flip)
         out: list = [None] * len(samples)
         for i, (_, det) in zip((i for b in batches for i in b), dets):
             out[i] = det
         return out
+
+
+def test_time_config(cfg: Config, overrides: Optional[dict] = None) -> Config:
+    """A run's config with test-time ``overrides`` (relative data paths anchored at the working directory);
+    the model's keys cannot change, the weights are the run's."""
+    if not overrides:
+        return cfg
+    if any(k.startswith("model") for k in overrides):
+        raise FcoslabError("model.* keys cannot be overridden at test time: the checkpoint holds the run's model "
+                           f"(got {', '.join(k for k in overrides if k.startswith('model'))})")
+    cfg = cfg.replace(**anchor_paths(overrides, Path.cwd()))
+    validate(cfg)
+    return cfg
