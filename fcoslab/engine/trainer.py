@@ -190,7 +190,7 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.precision.autocast(self.device):
             outputs = self.step_model(images)
-        losses, _ = self.criterion(outputs, gt_boxes, gt_labels)
+        losses, _ = self.criterion(outputs, gt_boxes, gt_labels, batch["image_sizes"].to(self.device))
         if self._agree(torch.isfinite(losses["loss"]).float()) < 1.0:  # every rank skips together
             self.optimizer.zero_grad(set_to_none=True)
             return None

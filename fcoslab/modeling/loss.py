@@ -11,7 +11,7 @@ from torch import Tensor
 from .. import ops
 from ..boxes import ltrb_iou
 from ..config import AssignConfig, LossConfig
-from .targets import fcos_targets
+from .targets import assign_targets
 
 
 def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
@@ -21,7 +21,7 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
     Args:
         outputs: the model's output dict (``cls_logits`` (B, P, K), ``bbox_ltrb`` (B, P, 4),
             ``centerness`` (B, P) or None).
-        targets: :func:`fcoslab.modeling.targets.fcos_targets` of the same batch.
+        targets: :func:`fcoslab.modeling.targets.assign_targets` (or ``fcos_targets``) of the same batch.
         all_reduce: averages a tensor over processes under distributed training, so that every rank
             normalises by the same count of positives (None: single process; unused with
             ``cfg.num_pos_per_process``, where each rank divides by its own count as torchvision's FCOS does).
@@ -61,10 +61,15 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig,
 class FCOSCriterion:
     """The one wiring of outputs -> targets -> loss: ``criterion(outputs, gt_boxes, gt_labels)``.
 
+    The assignment is ``assign.method``'s (:func:`fcoslab.modeling.targets.assign_targets`); TAL reads the
+    outputs' scores and boxes detached, so no gradient flows through the assignment.
+
     Args (of the call):
         outputs: the model's output dict.
         gt_boxes (Tensor[B, M, 4]): float xyxy pixels, padded; gt_labels (Tensor[B, M]): int64, -1 = padding
             (as :func:`fcoslab.data.collate` returns them).
+        image_sizes (Tensor[B, 2] or None): int (h, w) of each image before padding (``collate``'s
+            ``image_sizes``): under ``assign.method=atss`` points in the padding are never candidates.
     Returns:
         (terms, stats) as :func:`fcos_loss`.
     """
@@ -73,7 +78,7 @@ class FCOSCriterion:
                  all_reduce: Optional[Callable[[Tensor], Tensor]] = None):
         self.assign, self.loss, self.all_reduce = assign, loss, all_reduce
 
-    def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        targets = fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
-                               self.assign)
+    def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor,
+                 image_sizes: Optional[Tensor] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        targets = assign_targets(outputs, gt_boxes, gt_labels, self.assign, image_sizes)
         return fcos_loss(outputs, targets, self.loss, self.all_reduce)
