@@ -135,6 +135,18 @@ def test_atss_threshold_by_hand():
     assert atss_row([[0, 0, 16, 8]]) == [0, 0, -1, -1]
 
 
+def test_atss_threshold_uses_the_unbiased_std():
+    # 4 x 4 points, stride 8, anchor side 8; box [0, 0, 13, 8]: the 9 nearest have IoUs 8/13 (p0), 40/128 (p1), 0 x 7
+    ious = [8 / 13, 40 / 128] + [0.0] * 7
+    mean = sum(ious) / 9
+    unbiased = mean + math.sqrt(sum((u - mean) ** 2 for u in ious) / 8)
+    population = mean + math.sqrt(sum((u - mean) ** 2 for u in ious) / 9)
+    assert population < 40 / 128 < unbiased  # 0.3088 < 0.3125 < 0.3212
+    points, strides, sizes = grid(32, 32, (8,))
+    matched = ops.atss_assign(points, strides, sizes, torch.tensor([[[0.0, 0.0, 13.0, 8.0]]]), torch.tensor([[0]]), 9, 1.0)
+    assert torch.nonzero(matched[0] >= 0).flatten().tolist() == [0]  # p1 (12, 4) is inside but below
+
+
 def test_atss_ties_and_conflicts():
     # centre (8, 4): p0 and p1 at the same distance; one candidate per level goes to the lower index
     assert atss_row([[0, 0, 16, 8]], topk=1) == [0, -1, -1, -1]
