@@ -12,7 +12,7 @@ from fcoslab import ops
 from fcoslab.config import AssignConfig, load_config
 from fcoslab.errors import FcoslabError
 from fcoslab.modeling.points import level_sizes, make_points
-from fcoslab.modeling.targets import assign_targets
+from fcoslab.modeling.targets import assign_targets, fcos_targets
 from fcoslab.ops import reference
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -372,6 +372,18 @@ def test_every_method_gives_fcos_targets_format():
         assert (t["ltrb"][pos] > 0).all() and (t["ltrb"][~pos] == 0).all()
         assert (t["centerness"][pos] > 0).all() and (t["centerness"][~pos] == 0).all()
         assert not any(v.requires_grad for v in t.values())
+
+
+def test_the_default_method_is_fcos_targets_bit_for_bit():
+    points, strides, sizes = grid(64, 96)
+    gen = torch.Generator().manual_seed(5)
+    boxes, labels = random_boxes(gen, 2, 6, 64), torch.randint(-1, 3, (2, 6), generator=gen)
+    cfg = load_config("shapes").assign
+    assert cfg.method == "fcos"
+    got = assign_targets({"points": points, "strides": strides, "level_sizes": sizes}, boxes, labels, cfg,
+                         torch.tensor([[64, 96], [50, 60]]))
+    expect = fcos_targets(points, strides, sizes, boxes, labels, cfg)
+    assert all(torch.equal(got[k], expect[k]) for k in expect) and (got["matched"] >= 0).any()
 
 
 @pytest.mark.parametrize("key,value", [("assign.atss_topk", 0), ("assign.tal_topk", 0), ("assign.atss_anchor_scale", 0.0),
