@@ -59,6 +59,12 @@ def ltrb_iou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> tuple[Tensor, T
     return iou, giou
 
 
+def ltrb_to_boxes(points: Tensor, ltrb: Tensor) -> Tensor:
+    """Boxes from distances: points float (P, 2) xy and ltrb float (..., P, 4) (left, top, right, bottom)
+    pixels -> float (..., P, 4) xyxy pixels."""
+    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
+
+
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """(x1, y1, x2, y2) -> COCO (x, y, w, h); used only at the COCO evaluation edge."""
     return torch.cat([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], dim=-1)

@@ -81,3 +81,26 @@ def test_assignment_figures_name_the_levels_of_a_p2_pyramid(shapes_dir):
     assert [ax.get_title().split()[0] for ax in fig.axes] == ["P2", "P3", "P4", "P5", "P6"]
     fig = plots.plot_positives_per_level({"a": np.ones(5)}, cfg.model.strides)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["P2", "P3", "P4", "P5", "P6"]
+
+
+def test_assignments_by_method_and_their_figure(shapes_dir, tmp_path):
+    ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
+    cfg = small_cfg(**{"model.fpn_channels": 32, "model.head_convs": 1})
+    by_method = analysis.assignments_by_method(ds, [0, 2], cfg)
+    assert list(by_method) == ["fcos", "atss", "tal"]
+    fcos_alone = analysis.assignment_for_image(ds, 2, cfg)
+    assert torch.equal(by_method["fcos"][1]["matched"], fcos_alone["matched"]) and by_method["fcos"][1]["index"] == 2
+    for method, assigned in by_method.items():
+        for a in assigned:
+            pos = a["labels"] >= 0
+            assert pos.any(), method
+            assert set(a["labels"][pos].tolist()) <= set(a["gt_labels"].tolist())
+    assert not torch.equal(by_method["atss"][0]["matched"], by_method["fcos"][0]["matched"])
+    with pytest.raises(FcoslabError, match="assign.method=tal.*model"):
+        analysis.assignment_for_image(ds, 0, cfg.replace(**{"assign.method": "tal"}))
+    fig = plots.plot_assignment_methods(by_method, ds.index.names, levels=[0, 1], title="TAL: untrained model")
+    assert len(fig.axes) == 6 * 2 and fig._suptitle.get_text() == "TAL: untrained model"
+    first, (h, w) = fig.axes[0].get_title(), by_method["fcos"][0]["level_sizes"][0]
+    p3_positives = int((by_method["fcos"][0]["labels"][:h * w] >= 0).sum())
+    assert first.startswith("fcos · image 0 · P3") and first.endswith(f": {p3_positives} positives")
+    assert fig.axes[2].get_title().startswith("atss · image 0 · P3") and fig.axes[6].get_title().startswith("fcos · image 2")

@@ -39,13 +39,14 @@ def gradients(model):
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("extra", [{}, {"model.centerness": False}, {"loss.centerness_weighted_box": False}])
+@pytest.mark.parametrize("extra", [{}, {"model.centerness": False}, {"loss.centerness_weighted_box": False},
+                                   {"assign.method": "atss"}, {"assign.method": "tal"}])
 def test_two_micro_batches_give_the_gradients_of_the_whole_batch(shapes_dir, extra):
     cfg, batch = a_batch(shapes_dir, **extra)
     torch.manual_seed(1)
     model = build_model(cfg.model, 4).train()
     criterion = FCOSCriterion(cfg.assign, cfg.loss)
-    losses, _ = criterion(model(batch["images"]), batch["gt_boxes"], batch["gt_labels"])
+    losses, _ = criterion(model(batch["images"]), batch["gt_boxes"], batch["gt_labels"], batch["image_sizes"])
     losses["loss"].backward()
     whole = gradients(model)
     model.zero_grad(set_to_none=True)

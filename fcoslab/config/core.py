@@ -244,12 +244,29 @@ def validate(cfg: Config) -> None:
     if cfg.eval.best_metric not in metric_keys(cfg.eval.metrics):
         raise FcoslabError(f"config key 'eval.best_metric': '{cfg.eval.best_metric}' is not recorded with "
                            f"eval.metrics={cfg.eval.metrics}; choose one of {', '.join(metric_keys(cfg.eval.metrics))}")
+    validate_assign(cfg.assign)
     device = cfg.runtime.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:") and device[5:].isdigit()):
         raise FcoslabError(f"config key 'runtime.device' is '{device}': expected auto, cpu, cuda or cuda:N")
     if cfg.runtime.threads < 0:
         raise FcoslabError(f"config key 'runtime.threads' must be 0 (torch's default) or positive, got {cfg.runtime.threads}")
-    t = cfg.train
+    validate_recipes(cfg.train)
+
+
+def validate_assign(a) -> None:
+    """The ranges of the assignment keys (``assign.*``); raises FcoslabError naming the key."""
+    for key, value in (("assign.atss_topk", a.atss_topk), ("assign.tal_topk", a.tal_topk)):
+        if value < 1:
+            raise FcoslabError(f"config key '{key}' must be at least 1, got {value}")
+    if not a.atss_anchor_scale > 0:
+        raise FcoslabError(f"config key 'assign.atss_anchor_scale' must be positive, got {a.atss_anchor_scale}")
+    for key, value in (("assign.tal_alpha", a.tal_alpha), ("assign.tal_beta", a.tal_beta)):
+        if not value >= 0:
+            raise FcoslabError(f"config key '{key}' must be 0 or positive, got {value}")
+
+
+def validate_recipes(t) -> None:
+    """The training recipes' keys (accumulation, EMA, early stopping); raises FcoslabError naming the key."""
     if t.batch_size % t.accumulate:
         raise FcoslabError(f"config key 'train.accumulate' ({t.accumulate}) must divide train.batch_size ({t.batch_size})")
     if t.ema and not (0.0 < t.ema_decay < 1.0 and t.ema_warmup >= 0):

@@ -100,6 +100,16 @@ class AssignConfig:
     center_radius: Optional[float] = 1.5  # None turns center sampling off
     range_bounds: Literal["closed", "open"] = "closed"  # closed: lo <= max(l, t, r, b) <= hi; open: lo < max < hi (torchvision's FCOS)
     area_order: Literal["exact", "float32_1e8"] = "exact"  # exact: smallest area wins; float32_1e8: torchvision's max of float32(1e8 - area)
+    # Which points learn which box (docs/assignment.md): fcos (inside the box, regress range, center sampling,
+    # smallest area), atss (adaptive IoU threshold over the points nearest the box centre, Zhang et al. 2020)
+    # or tal (task-aligned: the points whose predictions score and fit the box best, TOOD, Feng et al. 2021).
+    # The loss and decoding are the same for all three; atss and tal ignore the four keys above.
+    method: Literal["fcos", "atss", "tal"] = "fcos"
+    atss_topk: int = 9  # atss: candidate points per box and level: the nearest to the box centre
+    atss_anchor_scale: float = 8.0  # atss: a point's anchor box, for the IoU, is a square of side scale * stride
+    tal_topk: int = 13  # tal: points that claim each box: the largest alignments among the points inside it
+    tal_alpha: float = 1.0  # tal: alignment = score^alpha * IoU^beta (score: the box's class at the point)
+    tal_beta: float = 6.0  # tal: exponent of the IoU of the point's predicted box with the box
 
 
 @dataclass(frozen=True)

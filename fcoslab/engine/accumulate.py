@@ -67,7 +67,8 @@ def accumulate_gradients(chunks: list[dict], forward: Callable[[dict], dict], cr
     else:
         seen = [first] * len(chunks)  # the points and levels, which every micro-batch shares
     device = chunks[0]["gt_boxes"].device
-    targets = [criterion.targets(out, c["gt_boxes"].to(device), c["gt_labels"].to(device)) for out, c in zip(seen, chunks)]
+    targets = [criterion.targets(out, c["gt_boxes"].to(device), c["gt_labels"].to(device), c["image_sizes"].to(device))
+               for out, c in zip(seen, chunks)]
     centerness = first["centerness"] is not None
     counts = criterion.reduce_counts(torch.stack([criterion.counts(t, centerness) for t in targets]).sum(0))
     parts: dict[str, Tensor] = {}
@@ -76,7 +77,8 @@ def accumulate_gradients(chunks: list[dict], forward: Callable[[dict], dict], cr
         last = i == len(chunks) - 1
         with (contextlib.nullcontext() if last else no_sync()):
             outputs = first if i == 0 else forward(chunk)
-            losses, _ = criterion(outputs, chunk["gt_boxes"].to(device), chunk["gt_labels"].to(device), target, counts)
+            losses, _ = criterion(outputs, chunk["gt_boxes"].to(device), chunk["gt_labels"].to(device),
+                                  targets=target, counts=counts)
             backward(losses["loss"])
         finite = finite * torch.isfinite(losses["loss"]).float()
         for k, v in losses.items():

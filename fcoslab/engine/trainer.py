@@ -200,7 +200,7 @@ class Trainer:
         else:
             with self.precision.autocast(self.device):
                 outputs = self.step_model(images)
-            losses, _ = self.criterion(outputs, gt_boxes, gt_labels)
+            losses, _ = self.criterion(outputs, gt_boxes, gt_labels, batch["image_sizes"].to(self.device))
             if self._agree(torch.isfinite(losses["loss"]).float()) < 1.0:  # every rank skips together
                 self.optimizer.zero_grad(set_to_none=True)
                 return None

@@ -57,10 +57,10 @@ class ValidationLoss:
     def __call__(self, outputs: dict, batch: dict) -> None:
         device = outputs["cls_logits"].device
         boxes, labels = batch["gt_boxes"].to(device), batch["gt_labels"].to(device)
-        targets = self.criterion.targets(outputs, boxes, labels)
+        targets = self.criterion.targets(outputs, boxes, labels, batch["image_sizes"].to(device))
         counts = self.criterion.counts(targets, outputs["centerness"] is not None)
         ones = torch.ones(2, device=device)
-        losses, _ = self.criterion(outputs, boxes, labels, targets, ones)  # plain sums
+        losses, _ = self.criterion(outputs, boxes, labels, targets=targets, counts=ones)  # plain sums
         self.counts = counts if self.counts is None else self.counts + counts
         for k, v in losses.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.double()

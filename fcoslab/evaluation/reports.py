@@ -1,5 +1,5 @@
-"""Numbers behind the notebooks' figures: dataset statistics, data problems, the targets of one image,
-positives per level, per-class AP. Nothing here draws (:mod:`fcoslab.viz.plots` does)."""
+"""Numbers behind the notebooks' figures: dataset statistics, data problems, the targets of one image (under
+each assignment method), positives per level, per-class AP. Nothing here draws (:mod:`fcoslab.viz.plots` does)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data import (CocoDetection, build_transforms, check_coco_dict, dataset_image_files, find_bad_images,
-                       float_pixels)
+from ..data import (CocoDetection, build_transforms, check_coco_dict, collate_fn, dataset_image_files,
+                    find_bad_images, float_pixels)
+from ..errors import FcoslabError
+from ..modeling.model import build_model
 from ..modeling.points import level_sizes, make_points, point_input_size
-from ..modeling.targets import fcos_targets
+from ..modeling.targets import assign_targets
+from ..runfolder import load_checkpoint
 
 
 def dataset_stats(dataset: CocoDetection) -> dict[str, np.ndarray]:
@@ -69,11 +72,14 @@ def data_report(ann_file: str | Path, image_dir: str | Path, data: Optional[dict
     return summary, problems, bad_images
 
 
-def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dict:
-    """Targets of one training image at its network resolution (no augmentation).
+def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config, model: Optional[torch.nn.Module] = None) -> dict:
+    """Targets of one training image at its network resolution (no augmentation), by ``cfg.assign.method``.
+
+    ``model``: the network whose predictions TAL ranks (run in eval mode, without gradients, on the image
+    padded as in training); needed for ``assign.method=tal`` only, unused otherwise.
 
     Returns a dict: ``image`` float (3, h, w) in [0, 1], ``gt_boxes`` (M, 4), ``gt_labels`` (M,), ``points``
-    (P, 2), ``strides`` (P,), ``level_sizes``, and the :func:`fcos_targets` entries of this image
+    (P, 2), ``strides`` (P,), ``level_sizes``, and the :func:`assign_targets` entries of this image
     (``matched``, ``labels``, ``ltrb``, ``centerness``, per point).
     """
     image, target = build_transforms(cfg.data, train=False)(*dataset.raw_item(index))
@@ -83,10 +89,47 @@ def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config) -> dic
     sizes = level_sizes(H, W, cfg.model.strides)
     points, strides = make_points(sizes, cfg.model.strides, cfg.model.point_offset, "cpu",
                                   point_input_size(cfg.model, H, W))
+    outputs = {"points": points, "strides": strides, "level_sizes": sizes}
+    if cfg.assign.method == "tal":
+        if model is None:
+            raise FcoslabError("assign.method=tal ranks points by a model's predictions: give assignment_for_image "
+                               "a model (an untrained build_model(cfg.model, num_classes) will do)")
+        outputs = _model_outputs(model, collate_fn(cfg)([(image, target)])["images"])
     boxes = target["boxes"].as_subclass(torch.Tensor).float()
-    t = fcos_targets(points, strides, sizes, boxes[None], target["labels"][None], cfg.assign)
-    return {"image": float_pixels(image.as_subclass(torch.Tensor)), "gt_boxes": boxes, "gt_labels": target["labels"], "points": points,
-            "strides": strides, "level_sizes": sizes, **{k: v[0] for k, v in t.items()}}
+    t = assign_targets(outputs, boxes[None], target["labels"][None], cfg.assign, torch.tensor([[h, w]]))
+    return {"image": float_pixels(image.as_subclass(torch.Tensor)), "gt_boxes": boxes, "gt_labels": target["labels"],
+            "points": outputs["points"], "strides": outputs["strides"], "level_sizes": outputs["level_sizes"],
+            **{k: v[0] for k, v in t.items()}}
+
+
+@torch.no_grad()
+def _model_outputs(model: torch.nn.Module, images: torch.Tensor) -> dict:
+    """The model's raw outputs of a padded batch, in eval mode, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = model(images.to(device))
+    return {k: v.float().cpu() if isinstance(v, torch.Tensor) else v for k, v in outputs.items()}
+
+
+def assignments_by_method(dataset: CocoDetection, indices: Sequence[int], cfg: Config,
+                          methods: Sequence[str] = ("fcos", "atss", "tal"), run: Optional[str] = None,
+                          seed: int = 0) -> dict[str, list[dict]]:
+    """:func:`assignment_for_image` of the images ``indices`` under each ``assign.method`` in ``methods``.
+
+    TAL ranks points by predictions: those of the model of ``run`` (a run folder or checkpoint trained with
+    ``cfg.model``), or, without ``run``, of an untrained model of ``cfg.model`` seeded by ``seed`` (its
+    predicted boxes are tiny and random, so TAL's choice among the points inside a box is nearly arbitrary).
+
+    Returns ``{method: [assignment per image, in the order of indices, with its ``index``]}``.
+    """
+    model = None
+    if "tal" in methods:
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, dataset.index.num_classes)
+        if run is not None:
+            model.load_state_dict(load_checkpoint(run)["model"])
+    return {m: [{**assignment_for_image(dataset, i, cfg.replace(**{"assign.method": m}), model), "index": i}
+                for i in indices] for m in methods}
 
 
 def positives_per_level(dataset: CocoDetection, cfg: Config, max_images: Optional[int] = None) -> np.ndarray:

@@ -10,4 +10,4 @@ from .finetune import apply_freeze, init_from  # noqa: F401
 from .loss import FCOSCriterion, fcos_loss  # noqa: F401
 from .model import FCOS, build_model  # noqa: F401
 from .points import level_names, level_sizes, make_points  # noqa: F401
-from .targets import fcos_targets  # noqa: F401
+from .targets import assign_targets, fcos_targets  # noqa: F401

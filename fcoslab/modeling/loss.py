@@ -11,7 +11,7 @@ from torch import Tensor
 from .. import ops
 from ..boxes import ltrb_iou
 from ..config import AssignConfig, LossConfig
-from .targets import fcos_targets
+from .targets import assign_targets
 
 
 def loss_counts(targets: dict, cfg: LossConfig, centerness: bool = True) -> Tensor:
@@ -32,7 +32,7 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig, all_reduce: Optiona
     Args:
         outputs: the model's output dict (``cls_logits`` (B, P, K), ``bbox_ltrb`` (B, P, 4),
             ``centerness`` (B, P) or None).
-        targets: :func:`fcoslab.modeling.targets.fcos_targets` of the same batch.
+        targets: :func:`fcoslab.modeling.targets.assign_targets` (or ``fcos_targets``) of the same batch.
         all_reduce: averages a tensor over processes under distributed training, so that every rank
             normalises by the same count of positives (None: single process; unused with
             ``cfg.num_pos_per_process``, where each rank divides by its own count as torchvision's FCOS does).
@@ -75,10 +75,15 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig, all_reduce: Optiona
 class FCOSCriterion:
     """The one wiring of outputs -> targets -> loss: ``criterion(outputs, gt_boxes, gt_labels)``.
 
+    The assignment is ``assign.method``'s (:func:`fcoslab.modeling.targets.assign_targets`); TAL reads the
+    outputs' scores and boxes detached, so no gradient flows through the assignment.
+
     Args (of the call):
         outputs: the model's output dict.
         gt_boxes (Tensor[B, M, 4]): float xyxy pixels, padded; gt_labels (Tensor[B, M]): int64, -1 = padding
             (as :func:`fcoslab.data.collate` returns them).
+        image_sizes (Tensor[B, 2] or None): int (h, w) of each image before padding (``collate``'s
+            ``image_sizes``): under ``assign.method=atss`` points in the padding are never candidates.
     Returns:
         (terms, stats) as :func:`fcos_loss`.
     """
@@ -89,14 +94,15 @@ class FCOSCriterion:
 
     @property
     def uses_predictions(self) -> bool:
-        """Whether targets depend on the predictions (not only on the points and the boxes)."""
-        return False
+        """Whether targets depend on the predictions (``assign.method=tal``), not only on points and boxes."""
+        return self.assign.method == "tal"
 
-    def targets(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor) -> dict[str, Tensor]:
-        """The targets of a batch: ``outputs`` needs ``points``, ``strides`` and ``level_sizes`` (and the
-        predictions where :attr:`uses_predictions`)."""
-        return fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], gt_boxes, gt_labels,
-                            self.assign)
+    def targets(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor,
+                image_sizes: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """The targets of a batch by ``assign.method``: ``outputs`` needs ``points``, ``strides`` and
+        ``level_sizes`` (and the predictions where :attr:`uses_predictions`); ``image_sizes`` (B, 2) keep
+        the padding out of ATSS's candidates."""
+        return assign_targets(outputs, gt_boxes, gt_labels, self.assign, image_sizes)
 
     def counts(self, targets: dict, centerness: bool) -> Tensor:
         """This process's raw loss normalisers of a batch (:func:`loss_counts`)."""
@@ -108,9 +114,9 @@ class FCOSCriterion:
             return counts
         return self.all_reduce(counts)
 
-    def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor, targets: Optional[dict] = None,
-                 counts: Optional[Tensor] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor, image_sizes: Optional[Tensor] = None,
+                 targets: Optional[dict] = None, counts: Optional[Tensor] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``targets`` (of :meth:`targets`) and ``counts`` (reduced normalisers) are computed when not given."""
         if targets is None:
-            targets = self.targets(outputs, gt_boxes, gt_labels)
+            targets = self.targets(outputs, gt_boxes, gt_labels, image_sizes)
         return fcos_loss(outputs, targets, self.loss, self.all_reduce, counts)

@@ -261,4 +261,89 @@ def fcos_assign(points: Tensor, strides: Tensor, regress_ranges: Tensor, gt_boxe
     return reference.fcos_assign(*tensors, center_radius, range_bounds, area_order)
 
 
-__all__ = ["nms", "batched_nms", "sigmoid_focal_loss", "fcos_assign", "backends"]
+def _inside_images(points: Tensor, image_sizes: Optional[Tensor], batch: int) -> Optional[Tensor]:
+    """bool (B, P): points inside each image's unpadded (h, w) (px < w and py < h); None without sizes."""
+    if image_sizes is None:
+        return None
+    if image_sizes.shape != (batch, 2):
+        raise ValueError(f"image_sizes must be (B, 2) = ({batch}, 2), got {tuple(image_sizes.shape)}")
+    hw = image_sizes.to(points.device, torch.float32)
+    return (points[None, :, 0] < hw[:, 1:2]) & (points[None, :, 1] < hw[:, 0:1])
+
+
+def atss_assign(points: Tensor, strides: Tensor, level_sizes: Sequence[tuple[int, int]], gt_boxes: Tensor,
+                gt_labels: Tensor, topk: int = 9, anchor_scale: float = 8.0, image_sizes: Optional[Tensor] = None,
+                backend: str = "auto") -> Tensor:
+    """Adaptive training sample selection (ATSS, Zhang et al., CVPR 2020) for points.
+
+    Each point carries an anchor box, a square of side ``anchor_scale * stride`` centred on it. For a box g
+    (not padding, positive width and height): on every level, the ``topk`` points nearest g's centre (L2;
+    ties: lower point index) are candidates; the threshold is the mean plus the standard deviation
+    (unbiased, as the authors' code; 0 for one candidate) of the candidates' anchor IoUs with g over all
+    levels; positives are the candidates inside g (min(l, t, r, b) > 0) whose IoU >= threshold. fcoslab
+    caps the threshold at the best IoU of a candidate inside g, so that every box with a candidate inside it
+    keeps at least one positive (the paper's threshold can exceed every IoU, with ties or few candidates).
+    A point claimed by several boxes goes to the one of highest anchor IoU (ties: the lowest index).
+    Regress ranges and center sampling do not apply.
+
+    With ``image_sizes``, only points inside their image (px < w, py < h) are candidates, so an image gets
+    the same assignment alone and padded in a batch with larger images (padding points are never inside a
+    box anyway, but they could be among the nearest).
+
+    The CuPy kernel computes the (B, M, P) distance, IoU and inside matrices (bit for bit the reference's:
+    the kernel is compiled with ``--fmad=false``); the selection from them is torch code on either backend.
+
+    Args:
+        points (Tensor[P, 2]): float xy pixels; strides (Tensor[P]): float stride of each point's level.
+        level_sizes: (h, w) of each level, in order (the points are level after level).
+        gt_boxes (Tensor[B, M, 4]): float xyxy pixels; gt_labels (Tensor[B, M]): int64, -1 marks padding.
+        topk: candidates per box and level; anchor_scale: the anchor side in strides.
+        image_sizes (Tensor[B, 2] or None): int (h, w) of each image before padding.
+    Returns:
+        int64 Tensor[B, P]: index of the assigned box in ``gt_boxes[b]``, or -1.
+    """
+    chosen = _choose(backend, (points, strides, gt_boxes, gt_labels), "atss_assign")
+    if chosen == "cupy" and gt_boxes.shape[0] * gt_boxes.shape[1] * points.shape[0]:
+        from .cuda import atss_pairs
+
+        pairs = atss_pairs(points, strides, gt_boxes, anchor_scale)
+    else:
+        pairs = reference.atss_pairs(points, strides, gt_boxes, anchor_scale)
+    return reference.atss_select(*pairs, reference.gt_valid(gt_boxes, gt_labels), [h * w for h, w in level_sizes],
+                                 topk, _inside_images(points, image_sizes, gt_boxes.shape[0]))
+
+
+def tal_assign(points: Tensor, pred_boxes: Tensor, scores: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
+               topk: int = 13, alpha: float = 1.0, beta: float = 6.0, backend: str = "auto") -> Tensor:
+    """Task-aligned assignment (TAL, the assigner of TOOD, Feng et al., ICCV 2021) from predictions.
+
+    For a box g (not padding, positive width and height) and a point p inside it (min(l, t, r, b) > 0), the
+    alignment is ``t = s^alpha * u^beta`` with s the predicted score of g's class at p and u the IoU of p's
+    predicted box with g. The ``topk`` points of largest t inside g (ties: lower point index) claim g, so a
+    box gets min(topk, points inside it) claims; a point claimed by several boxes goes to the one of
+    highest u (ties: the lowest index). The alignment is computed in float64 and rounded to float32, so
+    equal inputs give equal alignments wherever they lie in the tensors (see :func:`reference.tal_select`).
+
+    The CuPy kernel computes the (B, M, P) score, IoU and inside matrices (bit for bit the reference's);
+    the alignment and the selection are torch code on either backend.
+
+    Args:
+        points (Tensor[P, 2]): float xy pixels.
+        pred_boxes (Tensor[B, P, 4]): float xyxy pixels, the decoded predictions (pass them detached).
+        scores (Tensor[B, P, K]): float probabilities (sigmoid of the class logits; detached).
+        gt_boxes (Tensor[B, M, 4]): float xyxy pixels; gt_labels (Tensor[B, M]): int64 class in [0, K), -1 = padding.
+        topk, alpha, beta: as above.
+    Returns:
+        int64 Tensor[B, P]: index of the assigned box in ``gt_boxes[b]``, or -1.
+    """
+    chosen = _choose(backend, (points, pred_boxes, scores, gt_boxes, gt_labels), "tal_assign")
+    if chosen == "cupy" and gt_boxes.shape[0] * gt_boxes.shape[1] * points.shape[0]:
+        from .cuda import tal_pairs
+
+        pairs = tal_pairs(points, pred_boxes, scores, gt_boxes, gt_labels)
+    else:
+        pairs = reference.tal_pairs(points, pred_boxes, scores, gt_boxes, gt_labels)
+    return reference.tal_select(*pairs, reference.gt_valid(gt_boxes, gt_labels), topk, alpha, beta)
+
+
+__all__ = ["nms", "batched_nms", "sigmoid_focal_loss", "fcos_assign", "atss_assign", "tal_assign", "backends"]

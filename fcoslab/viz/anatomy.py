@@ -1,6 +1,6 @@
 """One batch through FCOS, step by step, for notebook 00: images -> model outputs per level -> points ->
 targets (positives per level) -> loss terms -> decoded boxes. Each step is the library's own function
-(:func:`fcoslab.modeling.model.build_model`, :func:`fcoslab.modeling.targets.fcos_targets`, :func:`fcoslab.modeling.loss.fcos_loss`,
+(:func:`fcoslab.modeling.model.build_model`, :func:`fcoslab.modeling.targets.assign_targets`, :func:`fcoslab.modeling.loss.fcos_loss`,
 :func:`fcoslab.modeling.decode.decode`); this module only collects what they return."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..modeling.loss import fcos_loss
 from ..modeling.model import build_model
 from ..modeling.points import level_names
 from ..runfolder import load_checkpoint
-from ..modeling.targets import fcos_targets
+from ..modeling.targets import assign_targets
 
 
 def walk_batch(cfg: Config, dataset: CocoDetection, n: int = 2, run: Optional[str] = None, seed: int = 0) -> dict:
@@ -25,7 +25,7 @@ def walk_batch(cfg: Config, dataset: CocoDetection, n: int = 2, run: Optional[st
 
     Returns a dict: ``batch`` (:func:`fcoslab.data.collate`'s), ``levels`` (one row per level: name,
     stride, (h, w), points, positives), ``outputs`` (the model's dict), ``shapes`` (each output's shape),
-    ``targets`` (:func:`fcos_targets`), ``losses`` (each term, float), ``num_pos`` and ``detections``
+    ``targets`` (:func:`assign_targets`, by ``assign.method``), ``losses`` (each term, float), ``num_pos`` and ``detections``
     (:func:`decode`, per image).
     """
     transform = build_transforms(cfg.data, train=False)
@@ -37,8 +37,7 @@ def walk_batch(cfg: Config, dataset: CocoDetection, n: int = 2, run: Optional[st
     model.eval()
     with torch.no_grad():
         outputs = model(batch["images"])
-    targets = fcos_targets(outputs["points"], outputs["strides"], outputs["level_sizes"], batch["gt_boxes"],
-                           batch["gt_labels"], cfg.assign)
+    targets = assign_targets(outputs, batch["gt_boxes"], batch["gt_labels"], cfg.assign, batch["image_sizes"])
     terms, stats = fcos_loss(outputs, targets, cfg.loss)
     detections = decode(outputs, batch["image_sizes"], batch["orig_sizes"], cfg.decode)
     positive = targets["labels"] >= 0  # (B, P)

@@ -7,7 +7,7 @@ tests and scripts use them alike.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
@@ -85,24 +85,54 @@ def plot_assignment(assigned: dict, names: Sequence[str]):
     """The positive points of each FPN level on the image, coloured by the class they learn."""
     L = len(assigned["level_sizes"])
     fig, axes = plt.subplots(1, L, figsize=(3.2 * L, 3.4))
-    counts = np.cumsum([0] + [h * w for h, w in assigned["level_sizes"]])
-    names_of_levels = _assigned_level_names(assigned)
-    image = assigned["image"].permute(1, 2, 0).numpy()
-    for level, ax in enumerate(axes):
-        ax.imshow(image)
-        draw_boxes(ax, assigned["gt_boxes"], assigned["gt_labels"], names, dashed=True)
-        sl = slice(counts[level], counts[level + 1])
-        pts, labels = assigned["points"][sl], assigned["labels"][sl]
-        pos = labels >= 0
-        ax.scatter(pts[~pos, 0], pts[~pos, 1], s=2, c="white", alpha=0.4)
-        ax.scatter(pts[pos, 0], pts[pos, 1], s=14, c=[_colour(int(l)) for l in labels[pos]], edgecolors="black", lw=0.5)
-        ax.set_title(f"{names_of_levels[level]} (stride {int(assigned['strides'][counts[level]])}): {int(pos.sum())} positives",
-                     fontsize=8)
-        ax.set_xlim(0, image.shape[1])
-        ax.set_ylim(image.shape[0], 0)
-        ax.axis("off")
+    for level, ax in enumerate(np.atleast_1d(axes)):
+        _draw_positives(ax, assigned, level, names)
     fig.tight_layout()
     return fig
+
+
+def plot_assignment_methods(by_method: dict[str, list[dict]], names: Sequence[str],
+                            levels: Optional[Sequence[int]] = None, title: str = ""):
+    """Positives of several assignment methods side by side: one row per image and method, one column per
+    level (``levels``: indices into the pyramid, all by default).
+
+    Args:
+        by_method: ``{method: [assignment per image]}``, as
+            :func:`fcoslab.evaluation.reports.assignments_by_method` returns (the same images for each method).
+        names: class names.
+        title: above the grid (say where TAL's predictions came from).
+    """
+    methods = list(by_method)
+    n_images = len(by_method[methods[0]])
+    levels = list(range(len(by_method[methods[0]][0]["level_sizes"]))) if levels is None else list(levels)
+    rows = [(i, m) for i in range(n_images) for m in methods]
+    fig, axes = plt.subplots(len(rows), len(levels), figsize=(3.2 * len(levels), 3.4 * len(rows)), squeeze=False)
+    for (i, method), row in zip(rows, axes):
+        for level, ax in zip(levels, row):
+            image = by_method[method][i].get("index", i)
+            _draw_positives(ax, by_method[method][i], level, names, prefix=f"{method} · image {image} · ")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
+    return fig
+
+
+def _draw_positives(ax, assigned: dict, level: int, names: Sequence[str], prefix: str = "") -> None:
+    """One level's points on the image: positives coloured by class, the others faint; dashed ground truth."""
+    counts = np.cumsum([0] + [h * w for h, w in assigned["level_sizes"]])
+    image = assigned["image"].permute(1, 2, 0).numpy()
+    ax.imshow(image)
+    draw_boxes(ax, assigned["gt_boxes"], assigned["gt_labels"], names, dashed=True)
+    sl = slice(counts[level], counts[level + 1])
+    pts, labels = assigned["points"][sl], assigned["labels"][sl]
+    pos = labels >= 0
+    ax.scatter(pts[~pos, 0], pts[~pos, 1], s=2, c="white", alpha=0.4)
+    ax.scatter(pts[pos, 0], pts[pos, 1], s=14, c=[_colour(int(l)) for l in labels[pos]], edgecolors="black", lw=0.5)
+    ax.set_title(f"{prefix}{_assigned_level_names(assigned)[level]} (stride {int(assigned['strides'][counts[level]])}): "
+                 f"{int(pos.sum())} positives", fontsize=8)
+    ax.set_xlim(0, image.shape[1])
+    ax.set_ylim(image.shape[0], 0)
+    ax.axis("off")
 
 
 def plot_target_maps(assigned: dict, level: int = 0):

@@ -1,4 +1,5 @@
-"""CuPy RawKernel backends of :mod:`fcoslab.ops`: NMS, sigmoid focal loss, FCOS assignment.
+"""CuPy RawKernel backends of :mod:`fcoslab.ops`: NMS, sigmoid focal loss, FCOS assignment, and the pair
+matrices of ATSS and TAL assignment.
 
 The ``.cu`` sources beside this file are compiled by NVRTC at first use (no build step), memoised per
 device, and launched on torch's current stream. Tensors are passed zero-copy as device pointers
@@ -15,7 +16,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-SOURCES = {name: Path(__file__).with_name(f"{name}.cu") for name in ("nms", "focal_loss", "fcos_assign")}
+SOURCES = {name: Path(__file__).with_name(f"{name}.cu") for name in ("nms", "focal_loss", "fcos_assign", "atss_assign",
+                                                                       "tal_assign")}
 COMPILE_OPTIONS = ("--std=c++14", "--fmad=false")
 _TILE = 64
 
@@ -241,3 +243,41 @@ def fcos_assign(points: Tensor, strides: Tensor, regress_ranges: Tensor, gt_boxe
             _cp(matched))
     _launch(points, "fcos_assign", "fcos_assign", ((P + 255) // 256, B), (256,), args)
     return matched
+
+
+def _pair_outputs(like: Tensor, B: int, M: int, P: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Two float32 and one bool (B, M, P) tensors, empty, on ``like``'s device."""
+    floats = [torch.empty((B, M, P), dtype=torch.float32, device=like.device) for _ in range(2)]
+    return floats[0], floats[1], torch.empty((B, M, P), dtype=torch.bool, device=like.device)
+
+
+def atss_pairs(points: Tensor, strides: Tensor, gt_boxes: Tensor, anchor_scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(dist2, iou, inside), each (B, M, P), as :func:`fcoslab.ops.reference.atss_pairs` (B * M * P > 0)."""
+    import numpy as np
+
+    B, M = gt_boxes.shape[:2]
+    P = points.shape[0]
+    dist2, iou, inside = _pair_outputs(points, B, M, P)
+    inputs = [points.float().contiguous(), strides.float().contiguous(), gt_boxes.float().contiguous()]
+    total = B * M * P
+    _launch(points, "atss_assign", "atss_pairs", _grid(total, points.device), (256,),
+            (*map(_cp, inputs), np.int32(P), np.int64(total), np.float32(anchor_scale), _cp(dist2), _cp(iou),
+             _cp(inside)))
+    return dist2, iou, inside
+
+
+def tal_pairs(points: Tensor, pred_boxes: Tensor, scores: Tensor, gt_boxes: Tensor,
+              gt_labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(score, iou, inside), each (B, M, P), as :func:`fcoslab.ops.reference.tal_pairs` (B * M * P > 0)."""
+    import numpy as np
+
+    B, M = gt_labels.shape
+    P, K = points.shape[0], scores.shape[-1]
+    score, iou, inside = _pair_outputs(points, B, M, P)
+    inputs = [points.float().contiguous(), pred_boxes.float().contiguous(), scores.float().contiguous(),
+              gt_boxes.float().contiguous(), gt_labels.long().contiguous()]
+    total = B * M * P
+    _launch(points, "tal_assign", "tal_pairs", _grid(total, points.device), (256,),
+            (*map(_cp, inputs), np.int32(P), np.int32(M), np.int32(K), np.int64(total), _cp(score), _cp(iou),
+             _cp(inside)))
+    return score, iou, inside
