@@ -87,7 +87,7 @@ stage_env() {
 }
 stage_tests() {
   local files
-  files=$(grep -l "mark\.gpu" tests/test_*.py | tr '\n' ' ')
+  files=$(grep -rl --include="test_*.py" "mark\.gpu" tests | tr '\n' ' ')
   echo "GPU test files: $files"
   T "$py" -m pytest -q -rs -m gpu -p no:cacheprovider $files
   local rc=$?

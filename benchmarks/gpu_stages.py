@@ -10,7 +10,7 @@ by bisection), ``profile`` (torch.profiler's top ops of one step, and the step's
 decoding). ``levers`` lives in ``benchmarks/gpu_levers.py``, the torchrun check in ``gpu_ddp_check.py``.
 
 Every stage also runs on a CPU at tiny sizes (``--device cpu --size 128 128 --batch 1 --iters 1
---presets shapes``: tests/test_gpu_script.py), where CUDA-only figures are recorded as n/a. With
+--presets shapes``: tests/benchmarks/test_gpu_script.py), where CUDA-only figures are recorded as n/a. With
 ``--time-limit`` a stage stops starting new rows when the time is up and says which it skipped.
 """
 

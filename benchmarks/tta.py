@@ -13,11 +13,11 @@ shape); the best time is reported, loading, transforms, network, decoding, mergi
 from __future__ import annotations
 
 import argparse
-import datetime
-import time
+
+import common  # noqa: F401  (this checkout's fcoslab first on the path)
+from common import print_header, timed
 
 from fcoslab.evaluation.coco import evaluate_checkpoint
-from fcoslab.inference.predictor import cpu_name
 
 
 def settings(size_lists: list[str]) -> list[tuple[str, dict]]:
@@ -37,17 +37,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--out", default="/tmp/tta_results.json", help="results json (rewritten each evaluation)")
     args = parser.parse_args()
-    print(f"# {datetime.date.today()}, {cpu_name()}; {args.run} on {args.ann or 'its validation set'}")
+    print_header()
+    print(f"# {args.run} on {args.ann or 'its validation set'}")
     print(f"{'TTA':<16} {'AP':>6} {'AP50':>6} {'seconds':>8} {'x off':>6}")
     base = None
     for name, overrides in settings(args.sizes):
-        evaluate_checkpoint(args.run, args.ann, args.images, args.out, device="cpu", overrides=overrides)  # untimed
-        times = []
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            evaluation = evaluate_checkpoint(args.run, args.ann, args.images, args.out, device="cpu", overrides=overrides)
-            times.append(time.perf_counter() - start)
-        best = min(times)
+        timing = timed(lambda: evaluate_checkpoint(args.run, args.ann, args.images, args.out, device="cpu",
+                                                   overrides=overrides), repeat=args.repeat, warmup=1, device="cpu")
+        evaluation, best = timing.value, timing.best
         base = base or best
         stats = evaluation.stats
         print(f"{name:<16} {stats['AP']:6.3f} {stats['AP50']:6.3f} {best:8.2f} {best / base:6.2f}")

@@ -130,3 +130,13 @@ def test_files_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 too_long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno} lines")
     assert not too_long, too_long
+
+
+def test_tests_mirror_the_packages():
+    """tests/PACKAGE/ holds the tests of fcoslab/PACKAGE (tests/benchmarks/ those of benchmarks/); only this
+    file, the fixtures and the helpers stay at the top."""
+    tests = Path(__file__).resolve().parent
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} | {"benchmarks"}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders <= packages, folders - packages
+    assert sorted(p.name for p in tests.glob("*.py")) == ["conftest.py", "helpers.py", "test_layout.py"]

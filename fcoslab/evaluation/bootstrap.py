@@ -9,7 +9,7 @@ the cumulative true or false positives, each image its weight times its ground-t
 positives. With every weight 1 this is COCOeval's own computation (101-point interpolated precision,
 averaged over IoUs .50:.95 and over the categories that have ground truth), so the point estimate is
 pycocotools' number; an image of weight 2 gives what a dataset holding that image twice gives
-(``tests/test_bootstrap.py`` checks both against pycocotools).
+(``tests/evaluation/test_bootstrap.py`` checks both against pycocotools).
 
 Intervals are percentile intervals over ``n`` resamples (default 1000, seeded). A paired difference uses
 the same resamples for both runs; its two-sided p-value is ``2 min(P(d <= 0), P(d >= 0))`` over the

@@ -5,7 +5,7 @@ list. numpy only.
 The breakdown stands on COCOeval's matching and 101-point AP at one IoU (:mod:`fcoslab.evaluation.coco_ap`), so its
 base AP50 is COCO's AP50, and it follows the TIDE authors' package (``tidecv`` 1.0.1) in its error types,
 thresholds and oracles: the counts are tidecv's and every dAP is within 0.01 AP points of tidecv's
-(tests/test_error_analysis.py, with tidecv as the oracle) wherever tidecv computes COCO's AP. Where it
+(tests/evaluation/test_error_analysis.py, with tidecv as the oracle) wherever tidecv computes COCO's AP. Where it
 does not (its detection cap, crowd boxes, classes without ground truth, its recall grid, tied scores),
 fcoslab keeps COCOeval's rule: docs/error_analysis.md. The confusion matrix keeps the VOC devkit's matching (:mod:`fcoslab.evaluation.voc`).
 """

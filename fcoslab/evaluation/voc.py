@@ -195,7 +195,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, rule: str = "al
     builds its upper half from the end point, so its 0.6 and 0.7 may be the plain decimals (not checked:
     no MATLAB here). The 11 values are summed before dividing, so perfect detections give exactly 1.0
     (the devkit's running sum of p / 11 gives 1.0000000000000002); otherwise the two agree within 1e-15
-    (tests/test_voc_metrics.py).
+    (tests/evaluation/test_voc_metrics.py).
     """
     recall, precision = np.asarray(recall, np.float64), np.asarray(precision, np.float64)
     if rule == "11pt":

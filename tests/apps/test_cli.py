@@ -13,7 +13,7 @@ from PIL import Image
 from helpers import set_args, tiny_overrides
 from fcoslab.apps.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=None):

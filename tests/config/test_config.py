@@ -118,7 +118,7 @@ def test_every_key_is_documented_and_docs_config_md_is_current(capsys):
 
     undocumented = [r["key"] for r in explain() if not r["meaning"]]
     assert not undocumented, f"write a comment with these fields in fcoslab/config/sections.py: {undocumented}"
-    docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
     assert docs.read_text() == config_markdown(), "regenerate: python -m fcoslab.config.docs > docs/config.md"
     assert main(["config", "shapes", "--set", "train.epochs=3", "--explain"]) == 0
     text = capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 from helpers import tiny_overrides
 from fcoslab.apps.notebooks import execute_notebook, notebook_paths
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_seven_numbered_notebooks_are_thin_and_stripped():

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.browser
 
 

@@ -20,7 +20,7 @@ from fcoslab.modeling.model import build_model
 from helpers import set_args, tiny_overrides
 
 # exactly comparable runs: frozen BatchNorm (batch statistics differ between a batch and its halves),
-# float32, SGD (see tests/test_distributed.py)
+# float32, SGD (see tests/engine/test_distributed.py)
 EXACT = {"model.frozen_bn": True, "runtime.precision": "off", "train.optimizer": "sgd", "train.lr": 0.01}
 
 
