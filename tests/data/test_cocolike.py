@@ -86,6 +86,16 @@ def test_every_shape_fills_its_box_and_area():
         assert drawn_pixels(shape, (3, 4, 43, 34)).sum() == pytest.approx(FILL[shape] * 40 * 30, rel=0.1), name
 
 
+@pytest.mark.parametrize("width,height", [(96, 96), (64, 48)])
+def test_small_images_hold_only_objects_that_fit(width, height):
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        objects = sample_objects(rng, width, height, class_frequencies(80))
+        box = objects["box"]
+        assert (box[:, 0] >= 0).all() and (box[:, 2] <= width).all() and (box[:, 3] <= height).all()
+        assert (objects["area"] <= width * height).all()
+
+
 def test_cocolike_rejects_bad_arguments(tmp_path):
     with pytest.raises(FcoslabError, match="classes 81 must lie between 1 and 80"):
         make_cocolike(tmp_path, train=1, val=0, classes=81)

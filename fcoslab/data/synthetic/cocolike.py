@@ -76,6 +76,8 @@ def sample_objects(rng: np.random.Generator, width: int, height: int, freq: np.n
     size = rng.choice(3, n, p=SIZE_SHARES)
     lo = np.array([SIZE_AREAS[s][0] for s in size])
     hi = np.array([SIZE_AREAS[s][1] * (width * height if s == 2 else 1) for s in size])
+    hi = np.minimum(hi, 0.5 * width * height)  # a small image holds no object of a size it cannot hold...
+    lo = np.minimum(lo, hi)  # ... and such a draw takes the largest area that fits
     area = np.exp(rng.uniform(np.log(lo), np.log(hi)))  # the annotated area
     cls = rng.choice(len(freq), n, p=freq)
     fill = np.array(FILL)[cls % len(SHAPES)]
