@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +44,46 @@ def torchvision_fcos(seed: int = 0, **kwargs):
         head.cls_logits.weight.normal_(0, 0.05)
         head.cls_logits.bias.normal_(-1.0, 1.0)  # some of the 91 classes score above 0.2, most do not
     return model.eval()
+
+
+# (width, height, mode): landscape, portrait, a grayscale one, a wide strip, squares; several share a
+# padded size at a multiple of 32 once resized (shorter side 96: a group of 5 at 96 x 128; 288: at 288 x 384)
+MIXED = [(128, 96, "RGB"), (96, 128, "RGB"), (125, 94, "L"), (200, 60, "RGB"), (128, 96, "RGB"), (150, 150, "RGB"),
+         (128, 96, "RGB"), (96, 128, "RGB"), (160, 120, "RGB")]
+
+
+def write_mixed_set(root, sizes=MIXED, categories=((1, "person"), (3, "car")), seed=0):
+    """Smooth random pictures of ``sizes`` as PNGs and a COCO json with a box or two each; the json leaves
+    out the width and height of one image (its file's header gives them)."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    for i, (w, h, mode) in enumerate(sizes):
+        coarse = rng.integers(0, 256, (h // 12 + 1, w // 12 + 1, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((w, h), Image.BILINEAR).convert(mode).save(root / "images" / f"{i}.png")
+        images.append({"id": 10 + i, "file_name": f"{i}.png"} | ({} if i == 7 else {"width": w, "height": h}))
+        for k in range(1 + i % 2):
+            annotations.append({"id": len(annotations) + 1, "image_id": 10 + i, "category_id": categories[k][0],
+                                "bbox": [w * 0.1 + 20 * k, h * 0.2, w * 0.4, h * 0.5]})
+    data = {"images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": n} for c, n in categories]}
+    (root / "ann.json").write_text(json.dumps(data))
+    return root / "ann.json", root / "images"
+
+
+def spread_score_model(cfg):
+    """A seeded random network of ``cfg`` for 2 classes, scores spread around the threshold, in inference layout."""
+    from fcoslab.inference.predictor import inference_layout
+    from fcoslab.modeling.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2).eval()
+    with torch.no_grad():
+        model.head.cls_logits.bias.normal_(-1.0, 1.0)
+    inference_layout(model, torch.device("cpu"))
+    return model
+
+
+def same_detections(a, b) -> bool:
+    return [i for i, _ in a] == [i for i, _ in b] and all(
+        da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da) for (_, da), (_, db) in zip(a, b))

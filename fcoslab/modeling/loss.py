@@ -25,6 +25,11 @@ def loss_counts(targets: dict, cfg: LossConfig, centerness: bool = True) -> Tens
     return torch.stack([num_pos, box.detach()])
 
 
+def reduce_counts(counts: Tensor, cfg: LossConfig, all_reduce: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
+    """Counts averaged over processes by ``all_reduce`` (unless ``loss.num_pos_per_process`` or one process)."""
+    return counts if all_reduce is None or cfg.num_pos_per_process else all_reduce(counts)
+
+
 def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig, all_reduce: Optional[Callable[[Tensor], Tensor]] = None,
               counts: Optional[Tensor] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Loss of one batch, each part normalised by the number of positive points (at least 1).
@@ -48,8 +53,7 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig, all_reduce: Optiona
     K = logits.shape[-1]
     positive = labels >= 0  # (B, P)
     if counts is None:
-        reduce = all_reduce if all_reduce is not None and not cfg.num_pos_per_process else (lambda t: t)
-        counts = reduce(loss_counts(targets, cfg, ctr_pred is not None))
+        counts = reduce_counts(loss_counts(targets, cfg, ctr_pred is not None), cfg, all_reduce)
     num_pos, box_norm = counts[0].clamp(min=1.0), counts[1].clamp(min=1e-6)
 
     cls = ops.sigmoid_focal_loss(logits.reshape(-1, K).float(), labels.reshape(-1), cfg.focal_alpha,
@@ -110,9 +114,7 @@ class FCOSCriterion:
 
     def reduce_counts(self, counts: Tensor) -> Tensor:
         """Counts averaged over processes (unless ``loss.num_pos_per_process``)."""
-        if self.all_reduce is None or self.loss.num_pos_per_process:
-            return counts
-        return self.all_reduce(counts)
+        return reduce_counts(counts, self.loss, self.all_reduce)
 
     def __call__(self, outputs: dict, gt_boxes: Tensor, gt_labels: Tensor, image_sizes: Optional[Tensor] = None,
                  targets: Optional[dict] = None, counts: Optional[Tensor] = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -1,12 +1,10 @@
 """Evaluation batches images of one padded size only (fcoslab.data.batching): an image's detections do
 not depend on eval.batch_size, on the number of processes, or on the images batched with it."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import fcoslab.distributed
 from fcoslab.config import load_config
@@ -15,35 +13,11 @@ from fcoslab.data import (CocoDetection, ResizeShortest, build_transforms, colla
 from fcoslab.data.formats.coco import make_sample
 from fcoslab.evaluation.coco import evaluate_model, merge_shards, predict_dataset, to_coco_results
 from fcoslab.inference.predictor import (BatchInvariantConv2d, BatchInvariantGroupNorm, Precision, batch_invariant_layers,
-                               inference_layout, native_cpu_bf16)
-from fcoslab.modeling.model import build_model
-from helpers import torchvision_fcos
+                               native_cpu_bf16)
+from helpers import same_detections, spread_score_model, torchvision_fcos, write_mixed_set
 
 CPU, FLOAT32 = torch.device("cpu"), Precision(None, "runtime.precision=off")
-# (width, height, mode): landscape, portrait, a grayscale one, a wide strip, squares; several share a
-# padded size at a multiple of 32 once resized (shorter side 96: a group of 5 at 96 x 128; 288: at 288 x 384)
-MIXED = [(128, 96, "RGB"), (96, 128, "RGB"), (125, 94, "L"), (200, 60, "RGB"), (128, 96, "RGB"), (150, 150, "RGB"),
-         (128, 96, "RGB"), (96, 128, "RGB"), (160, 120, "RGB")]
 SMALL = {"data.test_min_size": 96, "data.max_size": 200, "data.num_workers": 0, "runtime.precision": "off"}
-
-
-def write_mixed_set(root, sizes=MIXED, categories=((1, "person"), (3, "car")), seed=0):
-    """Smooth random pictures of ``sizes`` as PNGs and a COCO json with a box or two each; the json leaves
-    out the width and height of one image (its file's header gives them)."""
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    images, annotations = [], []
-    for i, (w, h, mode) in enumerate(sizes):
-        coarse = rng.integers(0, 256, (h // 12 + 1, w // 12 + 1, 3), dtype=np.uint8)
-        Image.fromarray(coarse).resize((w, h), Image.BILINEAR).convert(mode).save(root / "images" / f"{i}.png")
-        images.append({"id": 10 + i, "file_name": f"{i}.png"} | ({} if i == 7 else {"width": w, "height": h}))
-        for k in range(1 + i % 2):
-            annotations.append({"id": len(annotations) + 1, "image_id": 10 + i, "category_id": categories[k][0],
-                                "bbox": [w * 0.1 + 20 * k, h * 0.2, w * 0.4, h * 0.5]})
-    data = {"images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": n} for c, n in categories]}
-    (root / "ann.json").write_text(json.dumps(data))
-    return root / "ann.json", root / "images"
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +29,7 @@ def mixed(tmp_path_factory):
                                            "model.head_convs": 1, "model.frozen_bn": True,  # folded
                                            "decode.score_thresh": 0.05})
     ann, images = write_mixed_set(tmp_path_factory.mktemp("mixed"))
-    torch.manual_seed(0)
-    model = build_model(cfg.model, 2).eval()
-    with torch.no_grad():
-        model.head.cls_logits.bias.normal_(-1.0, 1.0)  # scores spread around the threshold
-    inference_layout(model, CPU)
-    return model, cfg, CocoDetection(ann, images, build_transforms(cfg.data, train=False))
-
-
-def same_detections(a, b) -> bool:
-    return [i for i, _ in a] == [i for i, _ in b] and all(
-        da.keys() == db.keys() and all(torch.equal(da[k], db[k]) for k in da) for (_, da), (_, db) in zip(a, b))
+    return spread_score_model(cfg), cfg, CocoDetection(ann, images, build_transforms(cfg.data, train=False))
 
 
 def assert_same_detections(have: dict, want: dict, atol: float) -> None:

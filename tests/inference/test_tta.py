@@ -14,10 +14,10 @@ from fcoslab.data import CocoDetection, build_transforms
 from fcoslab.data.synthetic.shapes import CATEGORY_IDS, CLASSES
 from fcoslab.errors import FcoslabError
 from fcoslab.evaluation.coco import evaluate_model, evaluation_loader, predict_dataset
-from fcoslab.inference.predictor import Precision, Predictor, inference_layout, predict_batches
+from fcoslab.inference.predictor import Precision, Predictor, predict_batches
 from fcoslab.inference.tta import HorizontalFlip, merge_views, tta_views, unflip, view_dataset
 from fcoslab.modeling.model import build_model
-from test_eval_batching import same_detections, write_mixed_set
+from helpers import same_detections, spread_score_model, write_mixed_set
 from helpers import tiny_overrides
 
 CPU, FLOAT32 = torch.device("cpu"), Precision(None, "runtime.precision=off")
@@ -47,12 +47,7 @@ def mixed(tmp_path_factory):
                                            "runtime.precision": "off", "model.pad_multiple": 32,
                                            "model.fpn_channels": 32, "model.head_convs": 1})
     ann, images = write_mixed_set(tmp_path_factory.mktemp("mixed"))
-    torch.manual_seed(0)
-    model = build_model(cfg.model, 2).eval()
-    with torch.no_grad():
-        model.head.cls_logits.bias.normal_(-1.0, 1.0)  # scores spread around the threshold
-    inference_layout(model, CPU)
-    return model, cfg, CocoDetection(ann, images, build_transforms(cfg.data, train=False))
+    return spread_score_model(cfg), cfg, CocoDetection(ann, images, build_transforms(cfg.data, train=False))
 
 
 def test_views_hand_table():
