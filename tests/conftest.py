@@ -22,3 +22,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def notebook_kernel():
+    """One Jupyter kernel for every notebook the suite executes, each from an empty namespace
+    (:func:`fcoslab.apps.notebooks.shared_kernel`): a kernel's start and imports take 8-10 s on 2 cores."""
+    from fcoslab.apps.notebooks import shared_kernel
+
+    with shared_kernel() as kernel:
+        yield kernel

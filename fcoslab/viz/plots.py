@@ -297,25 +297,34 @@ def plot_detections(images: Sequence, detections: Sequence[dict], names: Sequenc
     return _finish_grid(fig, axes)
 
 
-def assignment_widget(dataset: CocoDetection, cfg: Config):
-    """Sliders for the image and the center-sampling radius (0 = off) over :func:`plot_assignment`."""
-    import ipywidgets as W
-    from IPython.display import display
+def figure_png(fig) -> bytes:
+    """``fig`` as PNG bytes, and closed."""
+    import io
 
-    out = W.Output()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def assignment_widget(dataset: CocoDetection, cfg: Config):
+    """Sliders for the image and the center-sampling radius (0 = off) over :func:`plot_assignment`.
+
+    The figure is shown as an image widget whose bytes are replaced on each change: no captured output
+    (an ``Output`` widget's capture can leave a headless notebook runner waiting for ever)."""
+    import ipywidgets as W
+
+    picture = W.Image(format="png")
     index = W.IntSlider(value=0, min=0, max=len(dataset) - 1, description="image")
     radius = W.FloatSlider(value=cfg.assign.center_radius or 0.0, min=0.0, max=4.0, step=0.25,
                            description="radius (0 = off)")
 
     def redraw(_=None):
         c = cfg.replace(**{"assign.center_radius": radius.value or None})
-        out.clear_output(wait=True)
-        with out:
-            fig = plot_assignment(assignment_for_image(dataset, index.value, c), dataset.index.names)
-            display(fig)
-            plt.close(fig)
+        picture.value = figure_png(plot_assignment(assignment_for_image(dataset, index.value, c),
+                                                   dataset.index.names))
 
     index.observe(redraw, names="value")
     radius.observe(redraw, names="value")
     redraw()
-    return W.VBox([W.HBox([index, radius]), out])
+    return W.VBox([W.HBox([index, radius]), picture])

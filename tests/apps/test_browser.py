@@ -24,6 +24,9 @@ def _need(condition: bool, why: str) -> None:
 @pytest.fixture
 def lab(tmp_path, shapes_dir):
     from fcoslab.apps import browser
+
+    _need(Path(browser.CHROMIUM).exists(), "Debian's chromium is not installed (apt-get install chromium)")
+    _need(importlib.util.find_spec("playwright") is not None, "playwright is not installed (pip install playwright)")  # before training
     from fcoslab.config import load_config
     from fcoslab.engine.trainer import train
 
@@ -38,8 +41,6 @@ def lab(tmp_path, shapes_dir):
 def test_viewer_in_jupyterlab(lab, tmp_path):
     from fcoslab.apps import browser
 
-    _need(Path(browser.CHROMIUM).exists(), "Debian's chromium is not installed (apt-get install chromium)")
-    _need(importlib.util.find_spec("playwright") is not None, "playwright is not installed (pip install playwright)")
     url, token = lab
     shots = ROOT / "outputs" / "browser"
     shots.mkdir(parents=True, exist_ok=True)

@@ -110,16 +110,18 @@ def test_predict_draws_and_writes_json(trained_run, shapes_dir, tmp_path):
     assert all(d["label"] in ("ellipse", "rectangle", "triangle", "cross") for r in records for d in r["detections"])
 
 
-def test_make_shapes_and_presets_commands(tmp_path):
-    code, out, err = run_cli("make-shapes", str(tmp_path / "s"), "--train", "3", "--val", "2", "--image-size", "48",
-                             "--min-side", "0.2")
-    assert code == 0, err
+def test_make_shapes_and_presets_commands(tmp_path, capsys):
+    assert main(["make-shapes", str(tmp_path / "s"), "--train", "3", "--val", "2", "--image-size", "48",
+                 "--min-side", "0.2"]) == 0
     assert len(list((tmp_path / "s" / "train").glob("*.png"))) == 3
     assert "min_side=0.2" in (tmp_path / "s" / "train.json").read_text()
-    code, out, err = run_cli("make-shapes", str(tmp_path / "t"), "--min-side", "0")
-    assert code == 2 and "min_side 0 must lie between" in err and "Traceback" not in err
-    code, out, _ = run_cli("presets")
-    assert code == 0 and "seed_coco_2x" in out and "imprv_coco_1x" in out and "shapes" in out
+    capsys.readouterr()
+    assert main(["make-shapes", str(tmp_path / "t"), "--min-side", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "min_side 0 must lie between" in err and "Traceback" not in err
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "seed_coco_2x" in out and "imprv_coco_1x" in out and "shapes" in out
 
 
 @pytest.mark.parametrize("args,message", [
@@ -157,14 +159,15 @@ def test_missing_image_listed_in_annotations(shapes_dir, tmp_path, capsys):
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
-def test_corrupt_image_in_a_worker_names_the_file(shapes_dir, tmp_path):
+def test_corrupt_image_in_a_worker_names_the_file(shapes_dir, tmp_path, capsys):
     import shutil
 
     data = tmp_path / "d"
     shutil.copytree(shapes_dir, data)
     (data / "train" / "000002.png").write_bytes(b"garbage")
-    code, _, err = run_cli("train", "--out", str(tmp_path / "r"), "--quiet", "--set",
-                           *set_args(data, **{"data.num_workers": 2, "data.check_images": "off"}))
+    code = main(["train", "--out", str(tmp_path / "r"), "--quiet", "--set",
+                 *set_args(data, **{"data.num_workers": 2, "data.check_images": "off"})])
+    err = capsys.readouterr().err
     assert code == 2 and "cannot read image" in err and "000002.png" in err and "Traceback" not in err
 
 

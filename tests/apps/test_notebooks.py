@@ -25,7 +25,7 @@ def test_seven_numbered_notebooks_are_thin_and_stripped():
 
 
 @pytest.mark.slow
-def test_notebooks_execute_in_order(shapes_dir, tmp_path):
+def test_notebooks_execute_in_order(shapes_dir, tmp_path, notebook_kernel):
     over = tiny_overrides(shapes_dir, **{"train.epochs": 2, "train.eval_every": 1})
     run = str(tmp_path / "run")
     data = {"ANN": over["data.train_ann"], "IMAGES": over["data.train_images"], "N_SAMPLES": 4}
@@ -48,8 +48,8 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path):
         sections.setdefault(section, {})[name] = value
     (tmp_path / "tiny.json").write_text(json.dumps(sections))
     out = tmp_path / "executed"
-    for path in notebook_paths():
-        executed = execute_notebook(path, out, params[path.name[:2]], timeout=600)
+    for path in notebook_paths():  # on one kernel, as `python -m fcoslab.apps.notebooks run` (make demo) runs them
+        executed = execute_notebook(path, out, params[path.name[:2]], timeout=600, kernel=notebook_kernel)
         nb = json.loads(executed.read_text())
         errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, (path.name, errors)
@@ -86,7 +86,7 @@ def test_notebooks_do_not_change_directory():
         assert "chdir" not in path.read_text() and "use_project_root" not in path.read_text(), path
 
 
-def test_notebook_05_defaults_to_the_demo_run_and_a_missing_run_is_one_clear_error(tmp_path):
+def test_notebook_05_defaults_to_the_demo_run_and_a_missing_run_is_one_clear_error(tmp_path, notebook_kernel):
     """``make demo`` trains ``runs/shapes``; notebook 05 runs in notebooks/, so its default is ../runs/shapes."""
     import papermill
 
@@ -94,8 +94,28 @@ def test_notebook_05_defaults_to_the_demo_run_and_a_missing_run_is_one_clear_err
     assert papermill.inspect_notebook(str(path))["RUN_DIR"]["default"] == '"../runs/shapes"'
     assert "--out runs/shapes" in (ROOT / "Makefile").read_text()
     with pytest.raises(papermill.PapermillExecutionError) as e:
-        execute_notebook(path, tmp_path, {"RUN_DIR": str(tmp_path / "none")}, timeout=120)
+        execute_notebook(path, tmp_path, {"RUN_DIR": str(tmp_path / "none")}, timeout=120, kernel=notebook_kernel)
     assert e.value.ename == "FcoslabError" and "make demo" in e.value.evalue, e.value.evalue
     nb = json.loads((tmp_path / path.name).read_text())
     failed = [c for c in nb["cells"] if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert len(failed) == 1 and "".join(failed[0]["source"]).startswith("predictor = Predictor(RUN_DIR)")
+
+
+def test_a_shared_kernel_gives_each_notebook_an_empty_namespace(tmp_path, notebook_kernel):
+    """The second notebook sees nothing the first defined (a fresh kernel's view), but the modules the first
+    imported stay loaded (what sharing saves)."""
+    import nbformat
+    import papermill
+
+    first, second = tmp_path / "first.ipynb", tmp_path / "second.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import colorsys, sys\nleft_over = 1\nprint(id(sys.modules['colorsys']))")]), first)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import sys\nprint(id(sys.modules['colorsys']))"), nbformat.v4.new_code_cell("left_over")]), second)
+    ran = json.loads(execute_notebook(first, tmp_path / "out", kernel=notebook_kernel).read_text())
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        execute_notebook(second, tmp_path / "out", kernel=notebook_kernel)
+    assert e.value.ename == "NameError" and "left_over" in e.value.evalue
+    again = json.loads((tmp_path / "out" / "second.ipynb").read_text())
+    module_id = lambda nb: next(c for c in nb["cells"] if c["cell_type"] == "code")["outputs"][0]["text"]  # noqa: E731
+    assert module_id(ran) == module_id(again)  # the same module object: imported once

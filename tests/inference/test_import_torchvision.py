@@ -96,7 +96,7 @@ def test_command_line_import_then_predict_and_a_foreign_dataset(imported, shapes
 
 
 @pytest.mark.slow
-def test_notebook_05_opens_an_imported_run(imported, shapes_dir, tmp_path):
+def test_notebook_05_opens_an_imported_run(imported, shapes_dir, tmp_path, notebook_kernel):
     import json
 
     from fcoslab.apps.notebooks import execute_notebook, notebook_paths
@@ -104,7 +104,8 @@ def test_notebook_05_opens_an_imported_run(imported, shapes_dir, tmp_path):
     _, run = imported  # its validation set is COCO's, not on this machine: the notebook shows MY_IMAGES
     files = [str(p) for p in sorted((shapes_dir / "val").glob("*.png"))[:3]]
     executed = execute_notebook(notebook_paths(["05"])[0], tmp_path, {"RUN_DIR": str(run), "MY_IMAGES": files,
-                                                                     "N_SHOW": 2, "SCORE": 0.2})
+                                                                     "N_SHOW": 2, "SCORE": 0.2},
+                                kernel=notebook_kernel)
     nb = json.loads(executed.read_text())
     assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert list((tmp_path / "figures").glob("05_*.png"))

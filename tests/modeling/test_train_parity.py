@@ -198,7 +198,9 @@ def head_gradients(module, prefix=""):
 
 
 def compare(tv, model, want, got, same_input=True):
-    """The loss terms within 1e-5 relative, and every head gradient within 1e-4 of its largest value; from
+    """The loss terms within 1e-5 relative, and every head gradient within 1e-4 in norm and each of its values
+    within 5e-4 of its largest (float32 convolutions sum in another order with AVX2 than with AVX-512: up to 1.1e-4
+    of the largest on a few of 590k values of a tower's weight gradient, 3e-5 in norm, on a Zen 3); from
     inputs equal only up to float rounding, within 1e-2 in norm (a pre-activation within 1e-6 of 0 then
     switches its ReLU, which changes the gradients of the layers below it by ~1e-3)."""
     for ours, theirs in TERMS.items():
@@ -211,7 +213,8 @@ def compare(tv, model, want, got, same_input=True):
     assert set(ours) == set(theirs) and len(ours) == 38
     for name, grad in theirs.items():
         if same_input:
-            torch.testing.assert_close(ours[name], grad, rtol=1e-4, atol=1e-4 * float(grad.abs().max()), msg=name)
+            torch.testing.assert_close(ours[name], grad, rtol=1e-4, atol=5e-4 * float(grad.abs().max()), msg=name)
+            assert (ours[name] - grad).norm() <= 1e-4 * grad.norm(), name
         else:
             assert (ours[name] - grad).norm() <= 1e-2 * grad.norm(), name
 

@@ -104,3 +104,17 @@ def test_assignments_by_method_and_their_figure(shapes_dir, tmp_path):
     p3_positives = int((by_method["fcos"][0]["labels"][:h * w] >= 0).sum())
     assert first.startswith("fcos · image 0 · P3") and first.endswith(f": {p3_positives} positives")
     assert fig.axes[2].get_title().startswith("atss · image 0 · P3") and fig.axes[6].get_title().startswith("fcos · image 2")
+
+
+def test_assignment_widget_redraws_its_picture_on_each_slider(shapes_dir):
+    """The widget shows PNG bytes in an image widget (no captured output) and draws again on each change."""
+    ds = CocoDetection(shapes_dir / "train.json", shapes_dir / "train")
+    box = plots.assignment_widget(ds, small_cfg())
+    (index, radius), picture = box.children[0].children, box.children[1]
+    first = bytes(picture.value)
+    assert first.startswith(b"\x89PNG")
+    index.value = 1
+    second = bytes(picture.value)
+    assert second.startswith(b"\x89PNG") and second != first
+    radius.value = 0.5  # fewer positives than at the preset's 2 (0, off, draws what 2 does on these images)
+    assert bytes(picture.value) != second
