@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,15 +20,32 @@ def env():
     return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
-def torchrun(nproc, *args, port):
+def torchrun(nproc, *args, port, wait=True):
+    """``torchrun --nproc_per_node=NPROC -m fcoslab ARGS``: the finished process, or (``wait=False``) a
+    function that waits for it, so that two launches overlap (each launcher first imports torch alone)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "fcoslab", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=600, cwd=ROOT)
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe to fill while another waits
+    p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env(), cwd=ROOT)
+
+    def finished():
+        p.wait(timeout=600)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read())
+    return finished() if wait else finished
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "fcoslab", *args], capture_output=True, text=True, env=env(),
-                          timeout=600, cwd=ROOT)
+def in_process(*args):
+    """The command line in this process, on one thread as :func:`env` gives the subprocesses: the same run
+    to the last bit, without a subprocess's 6-7 s of imports."""
+    from fcoslab.apps.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(list(args))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def weights(run):
@@ -43,10 +61,15 @@ EXACT = {"model.frozen_bn": True, "train.batch_size": 4, "data.hflip": 0.5, "tra
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_whole_batch(shapes_dir, tmp_path):
-    one = cli("train", "--quiet", "--out", str(tmp_path / "one"), "--set", *set_args(shapes_dir, **EXACT))
-    assert one.returncode == 0, one.stderr
-    two = torchrun(2, "train", "--quiet", "--out", str(tmp_path / "two"), "--set", *set_args(shapes_dir, **EXACT), port=29611)
+    assert in_process("train", "--quiet", "--out", str(tmp_path / "one"), "--set", *set_args(shapes_dir, **EXACT)) == 0
+    two = torchrun(2, "train", "--quiet", "--out", str(tmp_path / "two"), "--set", *set_args(shapes_dir, **EXACT),
+                   port=29611, wait=False)
+    # two processes, each accumulating two micro-batches of one image: still the step of the whole batch
+    acc = torchrun(2, "train", "--quiet", "--out", str(tmp_path / "acc"), "--set",
+                   *set_args(shapes_dir, **EXACT, **{"train.accumulate": 2}), port=29613, wait=False)
+    two, acc = two(), acc()
     assert two.returncode == 0, two.stderr[-3000:]
+    assert acc.returncode == 0, acc.stderr[-3000:]
     h1 = json.loads((tmp_path / "one" / "history.json").read_text())
     h2 = json.loads((tmp_path / "two" / "history.json").read_text())
     assert len(h1) == len(h2) == 1 and h1[0]["step"] == h2[0]["step"] == 6
@@ -55,10 +78,6 @@ def test_two_processes_equal_one_process_with_the_whole_batch(shapes_dir, tmp_pa
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
-    # two processes, each accumulating two micro-batches of one image: still the step of the whole batch
-    acc = torchrun(2, "train", "--quiet", "--out", str(tmp_path / "acc"), "--set",
-                   *set_args(shapes_dir, **EXACT, **{"train.accumulate": 2}), port=29613)
-    assert acc.returncode == 0, acc.stderr[-3000:]
     wa = weights(tmp_path / "acc")
     for k in w1:
         torch.testing.assert_close(wa[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -95,8 +114,7 @@ def _checkpoint_stamp(run: Path):
 def test_sigkill_at_random_moments_loses_nothing(shapes_dir, tmp_path):
     over = set_args(shapes_dir, **{"train.epochs": 4, "train.eval_every": 1, "train.checkpoint_every": 2,
                                "model.frozen_bn": True})
-    reference = cli("train", "--quiet", "--out", str(tmp_path / "ref"), "--set", *over)
-    assert reference.returncode == 0, reference.stderr
+    assert in_process("train", "--quiet", "--out", str(tmp_path / "ref"), "--set", *over) == 0
     run = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
@@ -115,8 +133,7 @@ def test_sigkill_at_random_moments_loses_nothing(shapes_dir, tmp_path):
             kills += 1
         p.wait()
     assert kills >= 2, "the run finished before it could be killed twice; lengthen it"
-    final = cli("train", "--quiet", "--resume", str(run))
-    assert final.returncode == 0, final.stderr
+    assert in_process("train", "--quiet", "--resume", str(run)) == 0
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # each evaluation exactly once
     w_ref, w_run = weights(tmp_path / "ref"), weights(run)
