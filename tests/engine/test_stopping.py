@@ -147,23 +147,28 @@ def _wait_for(path, process, seconds=120):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_the_command_line_saves_on_a_signal_and_exits_128_plus_it(shapes_dir, tmp_path, signum):
-    run = tmp_path / "run"
+def test_the_command_line_saves_on_a_signal_and_exits_128_plus_it(shapes_dir, tmp_path):
+    """Ctrl-C and SIGTERM, each to a command line of its own (the two run side by side: a process's imports
+    take 6-7 s on 2 cores)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     args = set_args(shapes_dir, **{"train.epochs": 50, "train.eval_every": 50})
-    p = subprocess.Popen([sys.executable, "-m", "fcoslab", "train", "--quiet", "--out", str(run), "--set", *args],
-                         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run / "config.json", p)  # written just before the first step
+    runs = {signum: tmp_path / signal.Signals(signum).name for signum in (signal.SIGINT, signal.SIGTERM)}
+    processes = {signum: subprocess.Popen([sys.executable, "-m", "fcoslab", "train", "--quiet", "--out", str(run),
+                                           "--set", *args], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True) for signum, run in runs.items()}
+    for signum, p in processes.items():
+        _wait_for(runs[signum] / "config.json", p)  # written just before the first step
     time.sleep(1.0)
-    p.send_signal(signum)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 128 + signum, err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith(f"fcoslab: {signal.Signals(signum).name}: stopped after step") and "--resume" in last
-    step = RunFolder(run).load()["step"]
-    assert step >= 1 and f"stopped after step {step} " in last
-    assert json.loads((run / "history.json").read_text()) == []
+    for signum, p in processes.items():
+        p.send_signal(signum)
+    for signum, p in processes.items():
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 128 + signum, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"fcoslab: {signal.Signals(signum).name}: stopped after step") and "--resume" in last
+        step = RunFolder(runs[signum]).load()["step"]
+        assert step >= 1 and f"stopped after step {step} " in last
+        assert json.loads((runs[signum] / "history.json").read_text()) == []
 
 
 def test_ranks_agree_on_a_stop_and_a_checkpoint_asked_by_any_of_them(monkeypatch):
