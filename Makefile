@@ -31,8 +31,11 @@ figures: env
 	$(BIN)/python -m fcoslab.apps.notebooks figures --executed $(OUT)/notebooks --out docs/figures
 	$(BIN)/python -m fcoslab.apps.browser runs/shapes --score 0.5 --out docs/figures/viewer_jupyterlab.jpg
 
+# Two workers of one thread each (pytest-xdist): on 2 cores the suite's many short processes and imports
+# overlap; a file's tests stay on one worker, so its module fixtures are built once.
+TEST_WORKERS ?= 2
 test: env
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-gpu: env
 	$(BIN)/python -m pytest -q -m gpu

@@ -2,7 +2,10 @@ import os
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+if "PYTEST_XDIST_WORKER" in os.environ:  # `pytest -n 2`: one thread a worker (two would oversubscribe 2 cores)
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:  # the 2-core machines the suite is sized for
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,8 @@
-"""The command line end to end on a tiny shapes set, and every user mistake it must report clearly."""
+"""The command line end to end on a tiny shapes set, and every user mistake it must report clearly. In
+process: ``python -m fcoslab`` as a process of its own (exit codes, signals, torchrun) is tested in
+tests/engine/test_stopping.py and test_distributed.py."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,6 @@ from PIL import Image
 
 from helpers import set_args, tiny_overrides
 from fcoslab.apps.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args, cwd=None):
-    """Run ``python -m fcoslab`` in a subprocess (as a user would): returns (code, stdout, stderr)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-m", "fcoslab", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                       timeout=600)
-    return p.returncode, p.stdout, p.stderr
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +128,7 @@ def test_make_shapes_and_presets_commands(tmp_path, capsys):
 def test_user_errors_exit_2_with_one_clear_line(tmp_path, args, message, capsys):
     (tmp_path / "broken.json").write_text('{"images": [1, 2')
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    code = main(args)  # in process (a subprocess costs 3 s of imports each; test_refuses... runs one)
+    code = main(args)
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and err.startswith("fcoslab: error: ")
@@ -208,9 +197,9 @@ def test_predict_refuses_values_out_of_range(trained_run, shapes_dir, tmp_path, 
     assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "p").exists()
 
 
-def test_refuses_to_overwrite_a_run(trained_run):
-    code, _, err = run_cli("train", "--out", str(trained_run))
-    assert code == 2 and "--resume" in err
+def test_refuses_to_overwrite_a_run(trained_run, capsys):
+    assert main(["train", "--out", str(trained_run)]) == 2
+    assert "--resume" in capsys.readouterr().err
 
 
 def test_unwritable_run_folder(shapes_dir, tmp_path, capsys):
