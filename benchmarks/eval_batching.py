@@ -33,7 +33,7 @@ import torch
 
 import common
 from fcoslab.config import load_config, parse_overrides
-from fcoslab.data import CocoDetection, build_transforms, make_cocolike, make_loader
+from fcoslab.data import CocoDetection, build_transforms, collate_fn, make_cocolike, make_loader
 from fcoslab.data.synthetic.cocolike import MIXED_SIZES
 from fcoslab.evaluation.coco import evaluation_loader
 from fcoslab.inference.predictor import Precision, batch_invariant_layers, inference_layout, predict_batches
@@ -46,7 +46,8 @@ def padded_to_largest(dataset, cfg):
     """The loader of before: consecutive batches, each padded to its largest image (one batch a list)."""
     size = cfg.eval.batch_size
     batches = [[(i, 0) for i in range(s, min(s + size, len(dataset)))] for s in range(0, len(dataset), size)]
-    return ([batch] for batch in make_loader(dataset, batches, cfg))
+    collate = collate_fn(cfg.data, cfg.model.size_divisibility)
+    return ([batch] for batch in make_loader(dataset, batches, cfg.data, collate))
 
 
 def one_pass(model, dataset, cfg, way: str) -> tuple[float, dict, dict]:

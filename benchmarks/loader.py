@@ -37,7 +37,8 @@ from torchvision.transforms.v2 import functional as F
 
 import common
 from fcoslab.config import load_config
-from fcoslab.data import CocoDetection, EpochBatchSampler, build_datasets, make_cocolike, make_loader, read_image
+from fcoslab.data import (CocoDetection, EpochBatchSampler, build_datasets, collate_fn, make_cocolike, make_loader,
+                          read_image)
 from fcoslab.data.formats.coco import read_pixels
 
 
@@ -91,7 +92,7 @@ def loader_rate(cfg, dataset, batch_size: int, batches: int) -> float:
     and the batches the workers prefetched meanwhile (DataLoader's prefetch_factor is 2)."""
     warm = 1 + 2 * cfg.data.num_workers
     sampler = EpochBatchSampler(len(dataset), batch_size, 0, 1, seed=0, epoch_length=(batches + warm) * batch_size)
-    it = iter(make_loader(dataset, sampler, cfg))
+    it = iter(make_loader(dataset, sampler, cfg.data, collate_fn(cfg.data, cfg.model.size_divisibility)))
     for _ in range(warm):
         next(it)
     with common.stopwatch(None) as watch:

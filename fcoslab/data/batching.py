@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
-from ..config import Config
+from ..config import Config, DataConfig
 from .transforms import collate, eval_image_shape
 
 
@@ -89,7 +89,6 @@ def collate_by_padded_size(batch: list, size_divisibility: int = 128, pad_with_m
             for members in size_grouped_batches(shapes, len(batch))]
 
 
-def collate_by_padded_size_fn(cfg: Config):
-    """:func:`collate_by_padded_size` with the padding a config asks for."""
-    return partial(collate_by_padded_size, size_divisibility=cfg.model.size_divisibility,
-                   pad_with_mean=cfg.data.pad_with_mean)
+def collate_by_padded_size_fn(data: DataConfig, size_divisibility: int):
+    """:func:`collate_by_padded_size` with the padding of :func:`fcoslab.data.transforms.collate_fn`."""
+    return partial(collate_by_padded_size, size_divisibility=size_divisibility, pad_with_mean=data.pad_with_mean)

@@ -13,11 +13,11 @@ from typing import Optional
 
 import torch
 
-from ..config import Config
+from ..config import Config, DataConfig
 from ..errors import FcoslabError
 from .formats.coco import CocoDetection
 from .repeat import COPY_SEED_STEP, expected_pass_length, pass_copies, pass_members
-from .transforms import build_transforms, collate_fn
+from .transforms import build_transforms
 
 
 def build_datasets(cfg: Config, train_transforms: bool = True) -> tuple[CocoDetection, CocoDetection]:
@@ -127,11 +127,11 @@ class SeededSamples(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
-def make_loader(dataset, batch_sampler, cfg: Config, batch_size: int = 1, collate=None) -> torch.utils.data.DataLoader:
-    """A DataLoader padding batches to the largest stride (or collating them with ``collate``, a function of
-    the batch's samples); ``batch_sampler=None`` gives an ordered one."""
-    workers = cfg.data.num_workers
-    common = dict(num_workers=workers, collate_fn=collate or collate_fn(cfg),
+def make_loader(dataset, batch_sampler, data: DataConfig, collate, batch_size: int = 1) -> torch.utils.data.DataLoader:
+    """A DataLoader with ``data.num_workers`` workers, collating each batch's samples with ``collate``
+    (:func:`fcoslab.data.transforms.collate_fn`); ``batch_sampler=None`` gives an ordered one."""
+    workers = data.num_workers
+    common = dict(num_workers=workers, collate_fn=collate,
                   pin_memory=torch.cuda.is_available(), persistent_workers=False)
     if workers > 0 and hasattr(os, "fork"):
         common["multiprocessing_context"] = "fork"

@@ -10,7 +10,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..config import Config, DataConfig
+from ..config import DataConfig
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the model's normalisation
 
@@ -154,9 +154,10 @@ def collate(batch: list, size_divisibility: int = 128, pad_with_mean: bool = Fal
     }
 
 
-def collate_fn(cfg: Config):
-    """:func:`collate` with the padding a config asks for (``model.size_divisibility``, ``data.pad_with_mean``)."""
-    return partial(collate, size_divisibility=cfg.model.size_divisibility, pad_with_mean=cfg.data.pad_with_mean)
+def collate_fn(data: DataConfig, size_divisibility: int):
+    """:func:`collate` padding to multiples of ``size_divisibility`` (the model's: ``cfg.model.size_divisibility``),
+    with the mean pixel where ``data.pad_with_mean``."""
+    return partial(collate, size_divisibility=size_divisibility, pad_with_mean=data.pad_with_mean)
 
 
 def pad_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed as dist
 from ..runfolder import RunFolder, rng_state, set_rng_state
 from ..config import Config, config_from_dict, validate
-from ..data import (EpochBatchSampler, build_datasets, describe_repeats, ensure_shapes, make_loader,
+from ..data import (EpochBatchSampler, build_datasets, collate_fn, describe_repeats, ensure_shapes, make_loader,
                     train_repeat_factors)
 from ..errors import FcoslabError
 from ..evaluation.coco import Evaluation, coco_backend
@@ -236,8 +236,8 @@ class Trainer:
     def train_epoch(self) -> None:
         """Train the rest of the current epoch (all of it, or what a resumed checkpoint left), summing the
         loss parts into ``epoch_sums``; returns early, between two steps, when a stop was agreed."""
-        sampler = self._sampler(self.rank, self.world, self.epoch, self.batch_in_epoch)
-        loader = make_loader(self.train_set, sampler, self.cfg)
+        d, sampler = self.cfg.data, self._sampler(self.rank, self.world, self.epoch, self.batch_in_epoch)
+        loader = make_loader(self.train_set, sampler, d, collate_fn(d, self.cfg.model.size_divisibility))
         consecutive_bad = 0
         bar = None
         if self.progress and dist.is_main():

@@ -141,7 +141,7 @@ def evaluation_loader(dataset, cfg: Config, rank: int = 0, world: int = 1,
 
     batches = planned_batches(dataset, cfg, positions)
     batches = [[(i, 0) for i in batch] for batch in (batches if positions is not None else batches[rank::world])]
-    return make_loader(dataset, batches, cfg, collate=collate_by_padded_size_fn(cfg))
+    return make_loader(dataset, batches, cfg.data, collate_by_padded_size_fn(cfg.data, cfg.model.size_divisibility))
 
 
 def _loader_detections(model, loader, cfg: Config, device, precision: Precision, flip: bool = False,

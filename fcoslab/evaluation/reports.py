@@ -94,7 +94,7 @@ def assignment_for_image(dataset: CocoDetection, index: int, cfg: Config, model:
         if model is None:
             raise FcoslabError("assign.method=tal ranks points by a model's predictions: give assignment_for_image "
                                "a model (an untrained build_model(cfg.model, num_classes) will do)")
-        outputs = _model_outputs(model, collate_fn(cfg)([(image, target)])["images"])
+        outputs = _model_outputs(model, collate_fn(cfg.data, cfg.model.size_divisibility)([(image, target)])["images"])
     boxes = target["boxes"].as_subclass(torch.Tensor).float()
     t = assign_targets(outputs, boxes[None], target["labels"][None], cfg.assign, torch.tensor([[h, w]]))
     return {"image": float_pixels(image.as_subclass(torch.Tensor)), "gt_boxes": boxes, "gt_labels": target["labels"],

@@ -337,7 +337,7 @@ class Predictor:
         d = self.cfg.model.size_divisibility
         batches = size_grouped_batches([padded_shape(*image.shape[-2:], d) for image, _ in samples], size)
         cfg = view_config(self.cfg, view)
-        collate = collate_fn(cfg)
+        collate = collate_fn(cfg.data, cfg.model.size_divisibility)
         dets = predict_batches(self.model, (collate([samples[i] for i in b]) for b in batches), cfg,
                                self.device, self.precision, flip=view.flip)
         out: list = [None] * len(samples)

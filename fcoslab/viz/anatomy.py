@@ -29,7 +29,7 @@ def walk_batch(cfg: Config, dataset: CocoDetection, n: int = 2, run: Optional[st
     (:func:`decode`, per image).
     """
     transform = build_transforms(cfg.data, train=False)
-    batch = collate_fn(cfg)([transform(*dataset.raw_item(i)) for i in range(min(n, len(dataset)))])
+    batch = collate_fn(cfg.data, cfg.model.size_divisibility)([transform(*dataset.raw_item(i)) for i in range(min(n, len(dataset)))])
     torch.manual_seed(seed)
     model = build_model(cfg.model, dataset.index.num_classes)
     if run is not None:

@@ -30,7 +30,7 @@ def a_batch(shapes_dir, n=8, **extra):
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"data.min_size": [48, 64], **EXACT, **extra}))
     train_set, _ = build_datasets(cfg)
     torch.manual_seed(0)
-    batch = collate_fn(cfg)([train_set[i] for i in range(n)])
+    batch = collate_fn(cfg.data, cfg.model.size_divisibility)([train_set[i] for i in range(n)])
     batch["gt_labels"][-1] = -1
     return cfg, batch
 

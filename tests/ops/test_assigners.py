@@ -408,7 +408,7 @@ def test_two_training_steps_per_method(shapes_dir, tmp_path, method):
     cfg = load_config("shapes", tiny_overrides(shapes_dir, **{"assign.method": method}))
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    batch = collate_fn(cfg)([trainer.train_set[i] for i in range(4)])
+    batch = collate_fn(cfg.data, cfg.model.size_divisibility)([trainer.train_set[i] for i in range(4)])
     for _ in range(2):
         parts = trainer.train_step(batch)
         assert parts is not None and math.isfinite(parts["loss"]) and parts["box"] > 0

@@ -163,7 +163,7 @@ def reference_batch(image: np.ndarray, cfg: Config) -> dict:
     """:func:`fcoslab.data.collate` of the evaluation transforms of a uint8 (H, W, 3) RGB image."""
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W), as pil_to_tensor gives it
     empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    return collate_fn(cfg)([build_transforms(cfg.data, train=False)(*make_sample(pixels, *empty, 0))])
+    return collate_fn(cfg.data, cfg.model.size_divisibility)([build_transforms(cfg.data, train=False)(*make_sample(pixels, *empty, 0))])
 
 
 def _check_preprocess(cfg: Config, cases: Sequence[tuple[int, tuple[int, int]]], opset: int) -> dict:

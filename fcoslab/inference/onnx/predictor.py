@@ -64,7 +64,7 @@ class OnnxPredictor:
         self.with_preprocess = bool(meta.get("with_preprocess", False))
         self.contract = meta.get("contract")
         self.transforms = build_transforms(self.cfg.data, train=False)
-        self.collate = collate_fn(self.cfg)
+        self.collate = collate_fn(self.cfg.data, self.cfg.model.size_divisibility)
 
     def __call__(self, images: Sequence[Image.Image], batch_size: Optional[int] = None) -> list[dict[str, Tensor]]:
         """Detections of each PIL image, as :meth:`fcoslab.inference.predictor.Predictor.__call__` returns them
