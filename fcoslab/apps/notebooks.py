@@ -74,12 +74,10 @@ def execute_notebook(path: Path, out_dir: Path, params: Optional[dict] = None, t
         params = {k: v for k, v in params.items() if k in declared_parameters(path)}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = out_dir / path.name
-    shared = {}
     if kernel is not None:
         _reset_namespace(kernel)
-        shared = {"km": kernel}
-    papermill.execute_notebook(str(path), str(written), parameters=params, cwd=str(path.parent),
-                               kernel_name="python3", progress_bar=False, execution_timeout=timeout, **shared)
+    papermill.execute_notebook(str(path), str(written), parameters=params, cwd=str(path.parent), km=kernel,
+                               kernel_name="python3", progress_bar=False, execution_timeout=timeout)
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
     k = 0

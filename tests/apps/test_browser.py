@@ -25,8 +25,9 @@ def _need(condition: bool, why: str) -> None:
 def lab(tmp_path, shapes_dir):
     from fcoslab.apps import browser
 
+    # before the training below: a machine without them skips at once
     _need(Path(browser.CHROMIUM).exists(), "Debian's chromium is not installed (apt-get install chromium)")
-    _need(importlib.util.find_spec("playwright") is not None, "playwright is not installed (pip install playwright)")  # before training
+    _need(importlib.util.find_spec("playwright") is not None, "playwright is not installed (pip install playwright)")
     from fcoslab.config import load_config
     from fcoslab.engine.trainer import train
 

@@ -30,8 +30,9 @@ def torchrun(nproc, *args, port, wait=True):
 
     def finished():
         p.wait(timeout=600)
-        out.seek(0), err.seek(0)
-        return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read())
+        with out, err:
+            out.seek(0), err.seek(0)
+            return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read())
     return finished() if wait else finished
 
 
