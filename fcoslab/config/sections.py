@@ -117,6 +117,13 @@ class LossConfig:
     box: Literal["iou", "giou"] = "giou"  # iou: -log IoU; giou: 1 - GIoU
     focal_alpha: float = 0.25  # focal loss weight of positives
     focal_gamma: float = 2.0  # focal loss focusing exponent
+    # focal: 0/1 class targets (alpha, gamma above); quality_focal: a positive's target at its class is the IoU
+    # of its predicted box with its box, by |target - p|^quality_beta-weighted BCE (GFL, Li et al. 2020)
+    cls: Literal["focal", "quality_focal"] = "focal"
+    quality_beta: float = 2.0  # quality_focal: exponent of |target - p|
+    # what the center-ness branch learns (model.centerness): the center-ness of the point in its box, or
+    # the IoU of the point's predicted box with its box (detached; an IoU-quality branch, as IoU-aware heads)
+    quality: Literal["centerness", "iou"] = "centerness"
     box_weight: float = 1.0  # weight of the box (GIoU/IoU) loss
     centerness_weighted_box: bool = True  # weight box loss by center-ness targets (when center-ness is on)
     num_pos_per_process: bool = False  # True: each process divides by its own positives (torchvision under DDP)

@@ -1,4 +1,4 @@
-"""FCOS losses: focal loss for classes, IoU or GIoU for boxes, BCE for center-ness."""
+"""FCOS losses: focal (or quality focal) loss for classes, IoU or GIoU for boxes, BCE for center-ness."""
 
 from __future__ import annotations
 
@@ -56,13 +56,17 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig, all_reduce: Optiona
         counts = reduce_counts(loss_counts(targets, cfg, ctr_pred is not None), cfg, all_reduce)
     num_pos, box_norm = counts[0].clamp(min=1.0), counts[1].clamp(min=1e-6)
 
-    cls = ops.sigmoid_focal_loss(logits.reshape(-1, K).float(), labels.reshape(-1), cfg.focal_alpha,
-                                 cfg.focal_gamma, reduction="sum") / num_pos
     iou, giou = ltrb_iou(ltrb_pred[positive].float(), ltrb_t[positive])  # (num_pos_local,)
     per_box = -torch.log(iou.clamp(min=1e-6)) if cfg.box == "iou" else 1.0 - giou
-    parts = {"cls": cls}
+    if cfg.cls == "quality_focal":
+        cls = quality_focal_loss(logits.reshape(-1, K).float(), labels.reshape(-1),
+                                 _positive_values(positive, iou.detach()).reshape(-1), cfg.quality_beta)
+    else:
+        cls = ops.sigmoid_focal_loss(logits.reshape(-1, K).float(), labels.reshape(-1), cfg.focal_alpha,
+                                     cfg.focal_gamma, reduction="sum")
+    parts = {"cls": cls / num_pos}
     if ctr_pred is not None:
-        ctr_target = ctr_t[positive]
+        ctr_target = ctr_t[positive] if cfg.quality == "centerness" else iou.detach().clamp(0.0, 1.0)
         if cfg.centerness_weighted_box:
             parts["box"] = (per_box * ctr_target).sum() / box_norm
         else:
@@ -74,6 +78,30 @@ def fcos_loss(outputs: dict, targets: dict, cfg: LossConfig, all_reduce: Optiona
         parts["centerness"] = torch.zeros((), device=logits.device)
     total = parts["cls"] + cfg.box_weight * parts["box"] + parts["centerness"]
     return {"loss": total, **{k: v.detach() for k, v in parts.items()}}, {"num_pos": num_pos.detach()}
+
+
+def quality_focal_loss(logits: Tensor, labels: Tensor, quality: Tensor, beta: float = 2.0) -> Tensor:
+    """Quality focal loss (Li et al., Generalized Focal Loss, 2020), summed: BCE against soft class targets,
+    weighted by ``|target - sigmoid(logit)|^beta``. A positive's target at its class is its ``quality``
+    (the IoU of its predicted box with its box), every other target 0; so the class score learns to rank
+    points by how well their boxes fit, and no center-ness is needed to do so.
+
+    Args:
+        logits: float (N, K); labels: int64 (N,), -1 = background; quality: float (N,) in [0, 1], read at
+            the positives only.
+    """
+    K = logits.shape[-1]
+    onehot = labels[:, None] == torch.arange(K, device=logits.device)  # (N, K)
+    targets = torch.where(onehot, quality.clamp(0.0, 1.0)[:, None].to(logits.dtype), torch.zeros_like(logits))
+    weight = (torch.sigmoid(logits) - targets).abs().pow(beta)
+    return (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weight).sum()
+
+
+def _positive_values(positive: Tensor, values: Tensor) -> Tensor:
+    """``values`` (num_pos,) scattered to the positions of ``positive`` (B, P), 0 elsewhere: float (B, P)."""
+    out = torch.zeros(positive.shape, dtype=values.dtype, device=values.device)
+    out[positive] = values
+    return out
 
 
 class FCOSCriterion:

@@ -40,7 +40,8 @@ def gradients(model):
 
 
 @pytest.mark.parametrize("extra", [{}, {"model.centerness": False}, {"loss.centerness_weighted_box": False},
-                                   {"assign.method": "atss"}, {"assign.method": "tal"}])
+                                   {"assign.method": "atss"}, {"assign.method": "tal"},
+                                   {"loss.cls": "quality_focal", "model.centerness": False}, {"loss.quality": "iou"}])
 def test_two_micro_batches_give_the_gradients_of_the_whole_batch(shapes_dir, extra):
     cfg, batch = a_batch(shapes_dir, **extra)
     torch.manual_seed(1)
