@@ -73,6 +73,7 @@ class ModelConfig:
     p6_from: Literal["p5", "c5"] = "p5"  # P6 from the FPN's P5 or the backbone's C5
     head_convs: int = 4  # 3x3 convs in each head tower
     head_norm: Literal["gn", "none"] = "gn"  # GroupNorm(32) in the head towers, or none
+    fpn_norm: Literal["none", "gn"] = "none"  # GroupNorm after the FPN's lateral and output convs (from-scratch detectors)
     centerness: bool = True  # predict center-ness (on the regression tower) and use it in scores
     regression: Literal["exp", "relu_stride"] = "relu_stride"  # exp(x) * scale, or relu(x) * scale * stride
     # P3-P7; (8, 16, 32) = P3-P5 only; (4, 8, ...) adds P2 for small objects (VALID_STRIDES lists them)

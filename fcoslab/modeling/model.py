@@ -164,12 +164,19 @@ def load_pretrained_backbone(model: "FCOS", cfg: ModelConfig) -> None:
 
 class FPN(nn.Module):
     """Feature pyramid P3-P5 from C3-C5 (or P2-P5 from C2-C5), then ``extra_levels`` (0-2) more: P6 from
-    P5 (or C5) by a stride-2 conv, P7 from relu(P6)."""
+    P5 (or C5) by a stride-2 conv, P7 from relu(P6). ``norm="gn"`` puts a GroupNorm after each lateral and
+    output conv (as detectors trained from scratch do, He et al. 2019); P6 and P7 stay plain."""
 
-    def __init__(self, in_channels: tuple[int, ...], channels: int, p6_from: str, extra_levels: int = 2):
+    def __init__(self, in_channels: tuple[int, ...], channels: int, p6_from: str, extra_levels: int = 2,
+                 norm: str = "none"):
         super().__init__()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
+
+        def conv(c_in: int, kernel: int) -> nn.Module:
+            layer = nn.Conv2d(c_in, channels, kernel, padding=kernel // 2)
+            return layer if norm == "none" else nn.Sequential(layer, nn.GroupNorm(gn_groups(channels), channels))
+
+        self.lateral = nn.ModuleList(conv(c, 1) for c in in_channels)
+        self.output = nn.ModuleList(conv(channels, 3) for _ in in_channels)
         self.p6_from = p6_from
         self.p6 = (nn.Conv2d(channels if p6_from == "p5" else in_channels[-1], channels, 3, stride=2, padding=1)
                    if extra_levels >= 1 else None)
@@ -265,7 +272,8 @@ class FCOS(nn.Module):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
         self.backbone = Backbone(cfg)
-        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.p6_from, extra_levels=sum(s > 32 for s in cfg.strides))
+        self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels, cfg.p6_from, extra_levels=sum(s > 32 for s in cfg.strides),
+                       norm=cfg.fpn_norm)
         self.head = Head(cfg, num_classes)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

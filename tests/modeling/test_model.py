@@ -167,3 +167,22 @@ def test_imagenet_resnet50_file_by_torchvision_name(tmp_path):
     with pytest.raises(FcoslabError, match=r"resnet18-f37072fd.pth \(config key 'model.backbone_weights'\) do not fit the backbone: "
                        r".*layer1\.0\.conv1\.weight"):
         load_pretrained_backbone(model, cfg.replace(**{"model.backbone_weights": str(r18)}).model)
+
+
+def test_fpn_norm_normalises_each_pyramid_level():
+    """``model.fpn_norm=gn``: every P3-P5 map leaves the FPN with zero mean and unit spread per image and
+    group (GroupNorm's initial affine), whatever the input's scale; without it the maps follow the input."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 128, 96) * 50
+    levels = {}
+    for norm in ("none", "gn"):
+        cfg = load_config("shapes", {"model.fpn_norm": norm})
+        model = build_model(cfg.model, 4).eval()
+        with torch.no_grad():
+            levels[norm] = model.fpn(model.backbone(images))[:3]
+    groups = 32
+    for p in levels["gn"]:
+        g = p.reshape(p.shape[0], groups, -1)
+        torch.testing.assert_close(g.mean(-1), torch.zeros(2, groups), atol=1e-4, rtol=0)
+        torch.testing.assert_close(g.std(-1, unbiased=False), torch.ones(2, groups), atol=1e-2, rtol=0)
+    assert any(float(p.reshape(2, groups, -1).std(-1).sub(1).abs().max()) > 0.5 for p in levels["none"])
