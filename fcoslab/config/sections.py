@@ -68,6 +68,9 @@ class ModelConfig:
     init_from: str = ""  # a run folder or checkpoint: every tensor whose name and shape fit (fcoslab.modeling.finetune)
     init_class_map: tuple[str, ...] = ()  # "old:new" class names whose classifier rows carry over (equal names do)
     frozen_bn: bool = True  # backbone BatchNorm with fixed statistics and affine (pretrained backbones)
+    # each residual block's last BatchNorm starts at 0, so the block starts as the identity (Goyal et al. 2017);
+    # for backbones trained from scratch (not with frozen_bn, whose affine never trains)
+    zero_init_residual: bool = False
     freeze_at: int = 2  # 0 none, 1 stem, 2 stem + layer1, ... up to 5
     fpn_channels: int = 256  # channels of the FPN and the heads
     p6_from: Literal["p5", "c5"] = "p5"  # P6 from the FPN's P5 or the backbone's C5

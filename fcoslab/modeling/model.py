@@ -100,6 +100,15 @@ class Backbone(nn.Module):
         super().__init__()
         norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
         net = build_resnet(cfg.backbone, norm, cfg.backbone_width)
+        if cfg.zero_init_residual:
+            if cfg.frozen_bn:
+                raise FcoslabError("model.zero_init_residual=true needs model.frozen_bn=false: a frozen "
+                                   "BatchNorm started at 0 would switch its residual block off for good")
+            from torchvision.models.resnet import BasicBlock, Bottleneck
+
+            for m in net.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
         if cfg.frozen_bn:
             fold_frozen_bn(net)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)

@@ -186,3 +186,23 @@ def test_fpn_norm_normalises_each_pyramid_level():
         torch.testing.assert_close(g.mean(-1), torch.zeros(2, groups), atol=1e-4, rtol=0)
         torch.testing.assert_close(g.std(-1, unbiased=False), torch.ones(2, groups), atol=1e-2, rtol=0)
     assert any(float(p.reshape(2, groups, -1).std(-1).sub(1).abs().max()) > 0.5 for p in levels["none"])
+
+
+def test_zero_init_residual_starts_each_block_as_the_identity():
+    """``model.zero_init_residual``: a block without a downsampling shortcut returns its (non-negative) input
+    unchanged at initialisation, and its last BatchNorm still trains; the plain init is no identity."""
+    x = torch.rand(2, 32, 16, 16)
+    for zero in (True, False):
+        cfg = load_config("shapes", {"model.zero_init_residual": zero})
+        torch.manual_seed(0)
+        block = build_model(cfg.model, 4).backbone.layer1[0].train()
+        assert block.downsample is None
+        same = torch.allclose(block(x), x)
+        assert same == zero
+    assert block.bn2.weight.requires_grad
+
+
+def test_zero_init_residual_refuses_frozen_batchnorm():
+    cfg = load_config("shapes", {"model.zero_init_residual": True, "model.frozen_bn": True})
+    with pytest.raises(FcoslabError, match="model.zero_init_residual=true needs model.frozen_bn=false"):
+        build_model(cfg.model, 4)
