@@ -2,6 +2,9 @@
 test size; no data loading). A benchmark, not a test.
 
     python benchmarks/speed.py [--presets shapes imprv_coco_1x] [--batch 2] [--iters 5] [--device cpu]
+                               [--set KEY=VALUE ...]
+
+``--set`` times a variant of each preset (for example ``model.fpn_norm=gn 'model.strides=[8,16,32]'``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 import torch
 
 import common
-from fcoslab.config import list_presets, load_config
+from fcoslab.config import list_presets, load_config, parse_overrides
 from fcoslab.data import resized_shape
 from fcoslab.modeling.loss import FCOSCriterion
 from fcoslab.modeling.model import build_model
@@ -20,8 +23,9 @@ from fcoslab.inference.predictor import choose_precision, resolve_device
 from fcoslab.engine.trainer import make_optimizer
 
 
-def bench_preset(name: str, batch: int, iters: int, device: torch.device) -> dict:
-    cfg = load_config(name, {"model.frozen_bn": False, "model.backbone_weights": "", "runtime.device": str(device)})
+def bench_preset(name: str, batch: int, iters: int, device: torch.device, overrides: dict | None = None) -> dict:
+    cfg = load_config(name, {"model.frozen_bn": False, "model.backbone_weights": "", "runtime.device": str(device),
+                             **(overrides or {})})
     h, w = resized_shape(cfg.data.test_min_size, int(cfg.data.test_min_size * 4 / 3), cfg.data.test_min_size,
                          cfg.data.max_size)
     model = build_model(cfg.model, 80 if "coco" in name else 4).to(device)
@@ -70,13 +74,15 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config keys of every preset timed")
     args = parser.parse_args()
     device = resolve_device(args.device)
     common.print_header()
-    print(f"device: {device} ({common.device_name(device)}); batch {args.batch}, {args.iters} timed iterations")
+    print(f"device: {device} ({common.device_name(device)}); batch {args.batch}, {args.iters} timed iterations"
+          + (f"; --set {' '.join(args.set)}" if args.set else ""))
     print("| preset | input | train img/s | inference img/s |\n|---|---|---:|---:|")
     for preset in args.presets:
-        r = bench_preset(preset, args.batch, args.iters, device)
+        r = bench_preset(preset, args.batch, args.iters, device, parse_overrides(args.set))
         print(f"| {r['preset']} | {r['input']} | {r['train img/s']:.1f} | {r['infer img/s']:.1f} |", flush=True)
     return 0
 
