@@ -17,6 +17,7 @@ import torch
 import common
 from fcoslab.config import list_presets, load_config, parse_overrides
 from fcoslab.data import resized_shape
+from fcoslab.errors import FcoslabError
 from fcoslab.modeling.loss import FCOSCriterion
 from fcoslab.modeling.model import build_model
 from fcoslab.inference.predictor import choose_precision, resolve_device
@@ -77,12 +78,17 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config keys of every preset timed")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    overrides = parse_overrides(args.set)
     common.print_header()
     print(f"device: {device} ({common.device_name(device)}); batch {args.batch}, {args.iters} timed iterations"
           + (f"; --set {' '.join(args.set)}" if args.set else ""))
     print("| preset | input | train img/s | inference img/s |\n|---|---|---:|---:|")
     for preset in args.presets:
-        r = bench_preset(preset, args.batch, args.iters, device, parse_overrides(args.set))
+        try:
+            r = bench_preset(preset, args.batch, args.iters, device, overrides)
+        except FcoslabError as e:  # a misspelt --set key or value: the message names it
+            print(f"speed.py: {e}", file=sys.stderr)
+            return 2
         print(f"| {r['preset']} | {r['input']} | {r['train img/s']:.1f} | {r['infer img/s']:.1f} |", flush=True)
     return 0
 
