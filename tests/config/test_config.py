@@ -125,3 +125,19 @@ def test_every_key_is_documented_and_docs_config_md_is_current(capsys):
     assert "* train.epochs = 3   [int, default 12]  length of the run" in text
     assert "  data.check_images = \"header\"   [str, default \"header\"] (header | deep | off)" in text
     assert main(["config", "shapes"]) == 0 and '"epochs": 6' in capsys.readouterr().out
+
+
+def test_the_1000_step_shapes_preset_is_the_shapes_preset_at_160_px_on_p3_p5_with_fpn_groupnorm():
+    fast, base = load_config("shapes_1000"), load_config("shapes")
+    t = fast.train
+    steps_per_epoch = t.images_per_epoch // t.batch_size
+    assert t.epochs * steps_per_epoch == 1000 and t.lr_steps == (4,) and 4 * steps_per_epoch == 800
+    assert fast.data.min_size == (160,) and fast.data.max_size == 160 and fast.data.test_min_size == 160
+    assert fast.model.strides == (8, 16, 32) and len(fast.assign.regress_ranges) == 3
+    assert fast.model.fpn_norm == "gn" and base.model.fpn_norm == "none"
+    # everything else is the walk-through's preset: same data, network width, optimiser and decoder
+    assert fast.shapes == base.shapes and fast.decode == base.decode and fast.loss == base.loss
+    assert (fast.data.train_ann, fast.data.val_ann) == (base.data.train_ann, base.data.val_ann)
+    assert (t.lr, t.optimizer, t.weight_decay, t.warmup_iters, t.seed) == (
+        base.train.lr, base.train.optimizer, base.train.weight_decay, base.train.warmup_iters, base.train.seed)
+    assert fast.model.backbone_width == base.model.backbone_width and fast.model.head_convs == base.model.head_convs
