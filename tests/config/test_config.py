@@ -128,10 +128,12 @@ def test_every_key_is_documented_and_docs_config_md_is_current(capsys):
 
 
 def test_the_1000_step_shapes_preset_is_the_shapes_preset_at_160_px_on_p3_p5_with_fpn_groupnorm():
+    from fcoslab.engine.resume import plan
+
     fast, base = load_config("shapes_1000"), load_config("shapes")
     t = fast.train
-    steps_per_epoch = t.images_per_epoch // t.batch_size
-    assert t.epochs * steps_per_epoch == 1000 and t.lr_steps == (4,) and 4 * steps_per_epoch == 800
+    schedule = plan(t, t.images_per_epoch // t.batch_size)  # what the trainer runs
+    assert schedule["total"] == 1000 and schedule["decays"] == [800] and schedule["warmup"] == 200
     assert fast.data.min_size == (160,) and fast.data.max_size == 160 and fast.data.test_min_size == 160
     assert fast.model.strides == (8, 16, 32) and len(fast.assign.regress_ranges) == 3
     assert fast.model.fpn_norm == "gn" and base.model.fpn_norm == "none"
