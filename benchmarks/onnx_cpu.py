@@ -1,10 +1,10 @@
 """onnxruntime against torch on the CPU, float32, the same number of threads: an exported run's network alone, and
 its network with decoding and NMS. A benchmark, not a test.
 
-    python benchmarks/onnx_cpu.py [--threads N] [--repeat 20] [--coco-size 512] [--presets shapes tv_fcos_r50]
+    python benchmarks/onnx_cpu.py [--threads N] [--repeat 20] [--coco-size 512] [--presets shapes_128 tv_fcos_r50]
 
 For each preset a run folder with seeded random weights is written to a temporary folder (nothing is
-downloaded): ``shapes`` at its 128 px, and the COCO preset ``tv_fcos_r50`` (torchvision's FCOS R-50-FPN) with a
+downloaded): ``shapes_128`` (the walk-through's previous preset, which the measured figures used) at its 128 px, and the COCO preset ``tv_fcos_r50`` (torchvision's FCOS R-50-FPN) with a
 4:3 image resized to ``--coco-size`` (512: a 512x704 input). Random weights are made to behave as trained ones
 do (batch-norm statistics of a trained network, a classifier whose scores spread), so that decoding has work.
 ``fcoslab.inference.onnx.export.export_onnx`` writes a static file of each kind (checked against fcoslab as always), then:
@@ -37,15 +37,15 @@ from fcoslab.inference.predictor import Predictor
 from fcoslab.modeling.model import build_model
 from fcoslab.runfolder import RunFolder
 
-PRESETS = {"shapes": 4, "tv_fcos_r50": 91}  # preset: classes (91: torchvision's COCO labels)
+PRESETS = {"shapes_128": 4, "tv_fcos_r50": 91}  # preset: classes (91: torchvision's COCO labels)
 
 
 def random_run(name: str, out: Path, coco_size: int) -> tuple[Path, tuple[int, int]]:
     """A run folder of ``name`` with seeded random weights; returns it and the padded input (H, W)."""
     classes = PRESETS[name]
-    cfg = load_config(name, {} if name == "shapes" else {"data.test_min_size": coco_size,
+    cfg = load_config(name, {} if name == "shapes_128" else {"data.test_min_size": coco_size,
                                                          "data.max_size": coco_size * 5 // 3})
-    h, w = resized_shape(480, 640, cfg.data.test_min_size, cfg.data.max_size) if name != "shapes" else (128, 128)
+    h, w = resized_shape(480, 640, cfg.data.test_min_size, cfg.data.max_size) if name != "shapes_128" else (128, 128)
     d = cfg.model.size_divisibility
     torch.manual_seed(0)
     model = build_model(cfg.model, classes)
@@ -126,7 +126,7 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets:
-            repeat = args.repeat if name == "shapes" else max(3, args.repeat // 4)
+            repeat = args.repeat if name == "shapes_128" else max(3, args.repeat // 4)
             for row in bench(name, Path(tmp), args.coco_size, args.threads, repeat):
                 print(row, flush=True)
     print(f"\nLoad average after: {os.getloadavg()[0]:.2f} (COCO rows: median of {max(3, args.repeat // 4)} runs).")

@@ -5,7 +5,8 @@ float32 on the CPU. A benchmark, not a test.
         [--min-side 0.10] [--out-dir /tmp/own_bench] [--json PATH]
         [--fcoslab-set KEY=VALUE ...] [--tv-optimizer adamw|sgd] [--tv-decay step|none]
 
-The claim measured: the ``shapes`` preset trains a good model on any small dataset of one's own. The
+The claim measured: the ``shapes_128`` preset (the walk-through's 128 px preset, with which the documented
+figures were measured) trains a good model on any small dataset of one's own. The
 yardstick: on data the preset was not tuned on, in the same wall time, float32 on the CPU, fcoslab's AP
 should be at least 1.25x the AP of torchvision's FCOS.
 
@@ -123,15 +124,15 @@ def own_dataset(out: Path, train_n: int, val_n: int, size: int, seed: int, min_s
 
 # --------------------------------------------------------------------------------------------- fcoslab
 def run_fcoslab(paths: dict[str, Path], run_dir: Path, extra: dict[str, str]) -> dict:
-    """Train the shapes preset on ``paths`` in float32; returns T, the last epoch's stats and the history."""
+    """Train the shapes_128 preset on ``paths`` in float32; returns T, the last epoch's stats and the history."""
     overrides: dict[str, object] = {f"data.{k}": str(v) for k, v in paths.items()}
     overrides["runtime.precision"] = "off"
     if torch.cuda.is_available():  # the comparison is on the CPU; "auto" would pick the GPU
         overrides["runtime.device"] = "cpu"
     overrides.update(extra)
-    cfg = load_config("shapes", overrides)
+    cfg = load_config("shapes_128", overrides)  # the preset the figures were measured with
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a continuation
-    print(f"fcoslab: training the shapes preset with {overrides}", flush=True)
+    print(f"fcoslab: training the shapes_128 preset with {overrides}", flush=True)
     history, seconds = common.once(lambda: train(cfg, run_dir, progress=False), None)
     if not history:
         raise SystemExit("fcoslab: train() returned an empty history (no evaluation ran)")
@@ -184,7 +185,7 @@ def torchvision_fcos(num_classes: int, image_size: int, kind: str = "r18") -> FC
     """torchvision's FCOS from random weights with trainable BatchNorm.
 
     ``r18``: ResNet-18-FPN P3-P7 with 256 channels and 4-conv heads at ``image_size``, torchvision's
-    defaults otherwise. ``matched``: the network of fcoslab's shapes preset in torchvision's FCOS class
+    defaults otherwise. ``matched``: the network of fcoslab's shapes_128 preset in torchvision's FCOS class
     (torchvision's ResNet class with one BasicBlock per stage at width 32, FPN and P6/P7 of 64 channels,
     2-conv GroupNorm heads) at the preset's 128 px, so that only the two libraries' training and
     post-processing differ."""
@@ -195,7 +196,7 @@ def torchvision_fcos(num_classes: int, image_size: int, kind: str = "r18") -> FC
         from fcoslab.config import load_config
         from fcoslab.modeling.model import build_resnet
 
-        cfg = load_config("shapes")
+        cfg = load_config("shapes_128")
         width, channels, size = cfg.model.backbone_width, cfg.model.fpn_channels, cfg.data.max_size
         body = build_resnet(cfg.model.backbone, nn.BatchNorm2d, width)
         backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"},

@@ -4,7 +4,7 @@
     python benchmarks/small_objects.py tiles RUN_DIR --out /tmp/small  # large mosaics, untiled vs tiled
 
 ``pyramids`` generates a shapes set whose smallest objects are 6% of 128 px (8 px, one P3 stride), trains
-the ``shapes`` preset on it as is (P3-P7) and with P2-P6 (strides 4-64, regress ranges halved), and prints
+the ``shapes_128`` preset (the walk-through's previous one, 128 px) on it as is (P3-P7) and with P2-P6 (strides 4-64, regress ranges halved), and prints
 each run's APs, seconds and step time. ``tiles`` pastes 4 x 4 validation images of a run into 512 px
 mosaics (every object keeps its size in pixels), then evaluates the run on them once as usual (the whole
 mosaic shrunk to the run's test size) and once from 128 px tiles with 20% overlap plus the whole image
@@ -42,7 +42,7 @@ def pyramids(out: Path, epochs: int) -> None:
                           "assign.regress_ranges": [[-1, 16], [16, 32], [32, 64], [64, 128], [128, 1e8]]}}
     for name, extra in variants.items():
         run = out / name.split()[0]
-        history, seconds = common.once(lambda: train(load_config("shapes", {**paths, **extra}), run, progress=False))
+        history, seconds = common.once(lambda: train(load_config("shapes_128", {**paths, **extra}), run, progress=False))
         last = history[-1]
         steps = last["step"]
         print(f"{name:20s} " + " ".join(f"{k} {last[k]:.3f}" for k in KEYS)

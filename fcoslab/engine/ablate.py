@@ -6,7 +6,8 @@ comparisons against the first variant.
                    [--vary KEY=A,B ...] [--set KEY=VALUE ...] [--launcher local|submitit] [--bootstrap 1000]
 
 Each ``--vary`` key gives a list of values; the variants are their product, the first value of each key
-making the baseline. Run ``i`` of a variant sets ``train.seed = i`` and lives in ``OUT/VARIANT/seed{i}``.
+making the baseline. The key ``config`` varies the preset itself (``--vary config=shapes_128,shapes``: names
+or JSON files), so two whole recipes meet under the same seeds and ``--set``. Run ``i`` of a variant sets ``train.seed = i`` and lives in ``OUT/VARIANT/seed{i}``.
 ``OUT/plan.json`` records the grid: a second call with the same grid continues it (finished runs are kept,
 interrupted ones resumed from their ``last.pt``, missing ones started); another grid is refused.
 
@@ -47,6 +48,7 @@ class PlannedRun:
     seed: int
     path: Path
     overrides: dict  # the variant's keys, train.seed and the common --set
+    config: str = "shapes"  # the preset or JSON file the overrides apply to
 
 
 def parse_vary(specs: Sequence[str]) -> list[tuple[str, list]]:
@@ -56,13 +58,17 @@ def parse_vary(specs: Sequence[str]) -> list[tuple[str, list]]:
         key, sep, values = spec.partition("=")
         if not sep or not key or not values:
             raise FcoslabError(f"--vary {spec!r}: expected KEY=VALUE1,VALUE2,...")
-        typed = [parse_overrides([f"{key}={v}"])[key] for v in values.split(",")]
+        typed = (values.split(",") if key == CONFIG_KEY  # preset names or files, kept as written
+                 else [parse_overrides([f"{key}={v}"])[key] for v in values.split(",")])
         if len(set(map(repr, typed))) != len(typed):
             raise FcoslabError(f"--vary {spec!r}: a value is given twice")
         grid.append((key, typed))
     if len({k for k, _ in grid}) != len(grid):
         raise FcoslabError("--vary: each key once (its values separated by commas)")
     return grid
+
+
+CONFIG_KEY = "config"  # the --vary key that names the preset rather than a key of it
 
 
 def variant_name(assignment: Sequence[tuple[str, object]]) -> str:
@@ -86,10 +92,12 @@ def plan_runs(config: str, vary: Sequence[str], seeds: int, out: str | Path, ove
     for values in itertools.product(*[v for _, v in grid]):
         assignment = [(k, v) for (k, _), v in zip(grid, values)]
         name = variant_name(assignment)
+        keys = dict(assignment)
+        base = keys.pop(CONFIG_KEY, config)
         for seed in range(seeds):
-            over = {**common, **dict(assignment), "train.seed": seed}
-            load_config(config, over)  # validates
-            runs.append(PlannedRun(name, seed, Path(out) / _folder_name(name) / f"seed{seed}", over))
+            over = {**common, **keys, "train.seed": seed}
+            load_config(base, over)  # validates
+            runs.append(PlannedRun(name, seed, Path(out) / _folder_name(name) / f"seed{seed}", over, base))
     return runs
 
 
@@ -115,7 +123,7 @@ def run_is_finished(path: Path) -> bool:
     return ckpt["epoch"] >= ckpt["config"]["train"]["epochs"] and not ckpt.get("pending_eval", False)
 
 
-def train_planned(config: str, run: PlannedRun, progress: bool = False) -> str:
+def train_planned(run: PlannedRun, progress: bool = False) -> str:
     """Train one run of the grid to its end: start it, resume it, or leave it when finished."""
     from ..runfolder import RunFolder
     from .trainer import train
@@ -125,19 +133,19 @@ def train_planned(config: str, run: PlannedRun, progress: bool = False) -> str:
     if RunFolder(run.path).has_checkpoint():
         train(None, run.path, resume=True, progress=progress)
         return "resumed"
-    train(load_config(config, run.overrides), run.path, progress=progress)
+    train(load_config(run.config, run.overrides), run.path, progress=progress)
     return "trained"
 
 
 class _Job:
     """A picklable job for submitit: one planned run."""
 
-    def __init__(self, config: str, run: PlannedRun):
-        self.config, self.run = config, run
+    def __init__(self, run: PlannedRun):
+        self.run = run
 
     def __call__(self) -> str:
         logging.basicConfig(level=logging.INFO)
-        return train_planned(self.config, self.run)
+        return train_planned(self.run)
 
 
 def run_ablation(config: str, vary: Sequence[str], seeds: int, out: str | Path, overrides: Sequence[str] = (),
@@ -149,16 +157,16 @@ def run_ablation(config: str, vary: Sequence[str], seeds: int, out: str | Path, 
     if launcher == "local":
         for i, run in enumerate(runs, 1):
             log.info("ablation run %d/%d: %s, seed %d (%s)", i, len(runs), run.variant, run.seed, run.path)
-            status = train_planned(config, run, progress)
+            status = train_planned(run, progress)
             log.info("ablation run %d/%d: %s", i, len(runs), status)
     elif launcher == "submitit":
-        _submit(config, runs, out, cluster)
+        _submit(runs, out, cluster)
     else:
         raise FcoslabError(f"--launcher must be local or submitit, got {launcher}")
     return summarise_ablation(runs, out, n)
 
 
-def _submit(config: str, runs: list[PlannedRun], out: Path, cluster: Optional[str]) -> None:
+def _submit(runs: list[PlannedRun], out: Path, cluster: Optional[str]) -> None:
     try:
         import submitit
     except ImportError:
@@ -166,7 +174,7 @@ def _submit(config: str, runs: list[PlannedRun], out: Path, cluster: Optional[st
     executor = submitit.AutoExecutor(folder=str(out / "submitit"), cluster=cluster)
     executor.update_parameters(timeout_min=24 * 60, name="fcoslab-ablate")
     todo = [r for r in runs if not run_is_finished(r.path)]
-    jobs = [executor.submit(_Job(config, r)) for r in todo]
+    jobs = [executor.submit(_Job(r)) for r in todo]
     for run, job in zip(todo, jobs):
         log.info("submitted %s (seed %d) as job %s", run.variant, run.seed, job.job_id)
     for run, job in zip(todo, jobs):

@@ -124,22 +124,26 @@ def test_every_key_is_documented_and_docs_config_md_is_current(capsys):
     text = capsys.readouterr().out
     assert "* train.epochs = 3   [int, default 12]  length of the run" in text
     assert "  data.check_images = \"header\"   [str, default \"header\"] (header | deep | off)" in text
-    assert main(["config", "shapes"]) == 0 and '"epochs": 6' in capsys.readouterr().out
+    assert main(["config", "shapes"]) == 0 and '"epochs": 5' in capsys.readouterr().out
 
 
-def test_the_1000_step_shapes_preset_is_the_shapes_preset_at_160_px_on_p3_p5_with_fpn_groupnorm():
+def test_the_shapes_preset_trains_1000_steps_at_160_px_on_p3_p5_and_shapes_128_keeps_the_previous_recipe():
     from fcoslab.engine.resume import plan
 
-    fast, base = load_config("shapes_1000"), load_config("shapes")
-    t = fast.train
-    schedule = plan(t, t.images_per_epoch // t.batch_size)  # what the trainer runs
+    fast, old = load_config("shapes"), load_config("shapes_128")
+    schedule = plan(fast.train, fast.train.images_per_epoch // fast.train.batch_size)  # what the trainer runs
     assert schedule["total"] == 1000 and schedule["decays"] == [800] and schedule["warmup"] == 200
+    was = plan(old.train, old.train.images_per_epoch // old.train.batch_size)
+    assert was["total"] == 1728 and was["decays"] == [1440]
     assert fast.data.min_size == (160,) and fast.data.max_size == 160 and fast.data.test_min_size == 160
+    assert old.data.min_size == (128,) and old.data.max_size == 128 and old.data.test_min_size == 128
     assert fast.model.strides == (8, 16, 32) and len(fast.assign.regress_ranges) == 3
-    assert fast.model.fpn_norm == "gn" and base.model.fpn_norm == "none"
-    # everything else is the walk-through's preset: same data, network width, optimiser and decoder
-    assert fast.shapes == base.shapes and fast.decode == base.decode and fast.loss == base.loss
-    assert (fast.data.train_ann, fast.data.val_ann) == (base.data.train_ann, base.data.val_ann)
+    assert len(old.model.strides) == len(old.assign.regress_ranges) == 5
+    assert fast.model.fpn_norm == "gn" and old.model.fpn_norm == "none"
+    # everything else is the same: data, network width, optimiser and decoder
+    assert fast.shapes == old.shapes and fast.decode == old.decode and fast.loss == old.loss
+    assert (fast.data.train_ann, fast.data.val_ann) == (old.data.train_ann, old.data.val_ann)
+    t, o = fast.train, old.train
     assert (t.lr, t.optimizer, t.weight_decay, t.warmup_iters, t.seed) == (
-        base.train.lr, base.train.optimizer, base.train.weight_decay, base.train.warmup_iters, base.train.seed)
-    assert fast.model.backbone_width == base.model.backbone_width and fast.model.head_convs == base.model.head_convs
+        o.lr, o.optimizer, o.weight_decay, o.warmup_iters, o.seed)
+    assert fast.model.backbone_width == old.model.backbone_width and fast.model.head_convs == old.model.head_convs

@@ -158,18 +158,18 @@ def test_early_stop_ends_the_run_records_why_and_stays_stopped(shapes_dir, tmp_p
 
 
 def test_extending_a_run_says_the_new_schedule_and_refuses_to_rewrite_the_past(shapes_dir, tmp_path, capsys, caplog):
-    t = load_config("shapes").train  # 6 epochs, decay after epoch 5, warm-up 200
-    text = check_change(t, t.__class__(**{**t.__dict__, "epochs": 12}), 288, 6 * 288, reschedule=False)
-    assert "schedule was: 6 epochs, 1728 steps" in text and "schedule now: 12 epochs, 3456 steps" in text
-    moved = t.__class__(**{**t.__dict__, "epochs": 12, "lr_steps": (10,)})
-    with pytest.raises(FcoslabError, match="decays before step 1728 would be at steps none instead of \\[1440\\]"):
-        check_change(t, moved, 288, 6 * 288, reschedule=False)
-    assert "rescheduled" in check_change(t, moved, 288, 6 * 288, reschedule=True)
+    t = load_config("shapes").train  # 5 epochs of 200 steps, decay after epoch 4, warm-up 200
+    text = check_change(t, t.__class__(**{**t.__dict__, "epochs": 10}), 200, 5 * 200, reschedule=False)
+    assert "schedule was: 5 epochs, 1000 steps" in text and "schedule now: 10 epochs, 2000 steps" in text
+    moved = t.__class__(**{**t.__dict__, "epochs": 10, "lr_steps": (8,)})
+    with pytest.raises(FcoslabError, match="decays before step 1000 would be at steps none instead of \\[800\\]"):
+        check_change(t, moved, 200, 5 * 200, reschedule=False)
+    assert "rescheduled" in check_change(t, moved, 200, 5 * 200, reschedule=True)
     cosine = t.__class__(**{**t.__dict__, "lr_schedule": "cosine"})
     with pytest.raises(FcoslabError, match="learning rate at step 500 would be"):
-        check_change(cosine, cosine.__class__(**{**cosine.__dict__, "epochs": 12}), 288, 500, reschedule=False)
+        check_change(cosine, cosine.__class__(**{**cosine.__dict__, "epochs": 10}), 200, 500, reschedule=False)
     with pytest.raises(FcoslabError, match="'train.batch_size' cannot change"):
-        check_change(t, t.__class__(**{**t.__dict__, "batch_size": 8}), 288, 10, reschedule=True)
+        check_change(t, t.__class__(**{**t.__dict__, "batch_size": 8}), 200, 10, reschedule=True)
     # the command line: a finished run extended, and a refused change as one clear error
     caplog.set_level("INFO", logger="fcoslab")
     run = tmp_path / "run"

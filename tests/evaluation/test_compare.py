@@ -48,19 +48,19 @@ def test_an_interrupted_ablation_continues_where_it_stopped(shapes_dir, tmp_path
     trained = []
     real = ablate.train_planned
 
-    def stops_after_one(config, run, progress=False):
+    def stops_after_one(run, progress=False):
         if len(trained) == 1:
             raise KeyboardInterrupt  # a kill between two runs (a kill within a run resumes from its last.pt)
         trained.append(run.path)
-        return real(config, run, progress)
+        return real(run, progress)
 
     monkeypatch.setattr(ablate, "train_planned", stops_after_one)
     args = ["ablate", "--vary", *VARY, "--seeds", "1", "--out", str(out), "--bootstrap", "100", "--quiet",
             "--set", *set_args(shapes_dir, **{"model.backbone_width": 8})]
     assert main(args) == 130
     assert len(trained) == 1 and not (out / "summary.json").exists()
-    monkeypatch.setattr(ablate, "train_planned", lambda config, run, progress=False: trained.append(run.path) or
-                        real(config, run, progress))
+    monkeypatch.setattr(ablate, "train_planned", lambda run, progress=False: trained.append(run.path) or
+                        real(run, progress))
     assert main(args) == 0
     assert len(trained) == 3 and len(set(trained)) == 2  # the first run was found finished, not trained again
     summary = json.loads((out / "summary.json").read_text())
@@ -87,3 +87,27 @@ def test_ablation_runs_through_submitit_locally(shapes_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [len(v["runs"]) for v in summary["variants"]] == [1]  # one job, in a process of its own
     assert read_history(summary["variants"][0]["runs"][0])[-1]["epoch"] == 1
+
+
+def test_an_ablation_can_vary_the_preset_itself(shapes_dir, tmp_path):
+    from fcoslab.errors import FcoslabError
+    from fcoslab.runfolder import RunFolder
+
+    out = tmp_path / "abl"
+    runs = ablate.plan_runs("shapes", ["config=shapes_128,shapes"], 2, out, ["train.epochs=1"])
+    assert [(r.config, r.seed, r.path.relative_to(out).as_posix()) for r in runs] == [
+        ("shapes_128", 0, "config=shapes_128/seed0"), ("shapes_128", 1, "config=shapes_128/seed1"),
+        ("shapes", 0, "config=shapes/seed0"), ("shapes", 1, "config=shapes/seed1")]
+    assert all(set(r.overrides) == {"train.epochs", "train.seed"} for r in runs)  # "config" is not a key
+    with pytest.raises(FcoslabError, match="shapes_999"):
+        ablate.plan_runs("shapes", ["config=shapes,shapes_999"], 1, out)
+    # end to end: each variant trains its own preset under the same common --set
+    args = ["ablate", "--vary", "config=shapes_128,shapes", "--seeds", "1", "--out", str(out), "--bootstrap", "50",
+            "--quiet", "--set", *set_args(shapes_dir, **{"model.backbone_width": 8})]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [v["variant"] for v in summary["variants"]] == ["config=shapes_128", "config=shapes"]
+    saved = [RunFolder(v["runs"][0]).load()["config"] for v in summary["variants"]]
+    assert [tuple(c["model"]["strides"]) for c in saved] == [(8, 16, 32, 64, 128), (8, 16, 32)]
+    assert [c["model"]["backbone_width"] for c in saved] == [8, 8]
+    assert "| config=shapes |" in (out / "summary.md").read_text()

@@ -51,7 +51,7 @@ def mixed(tmp_path_factory):
 
 
 def test_views_hand_table():
-    cfg = load_config("shapes", {"data.test_min_size": 128})
+    cfg = load_config("shapes", {"data.test_min_size": 128, "data.max_size": 128})
     assert [(v.size, v.flip) for v in tta_views(cfg)] == [(128, False)]
     assert tta_views(cfg)[0].data is cfg.data
     on = cfg.replace(**{"eval.tta": True, "eval.tta_sizes": [96, 128, 160]})  # 128 is the test size: once

@@ -10,7 +10,7 @@ from fcoslab.modeling.points import level_sizes, make_points
 
 
 def small_model(**over):
-    cfg = load_config("shapes", {"model.fpn_channels": 32, "model.head_convs": 1, **over})
+    cfg = load_config("shapes_128", {"model.fpn_channels": 32, "model.head_convs": 1, **over})  # P3-P7
     torch.manual_seed(0)
     return cfg, build_model(cfg.model, 3)
 

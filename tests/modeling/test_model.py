@@ -58,13 +58,13 @@ def test_folded_frozen_bn_trains_the_convolution():
 
 
 def test_backbone_width_scales_every_stage():
-    cfg = load_config("shapes", {"model.backbone_width": 32})
+    cfg = load_config("shapes_128", {"model.backbone_width": 32})  # P3-P7
     model = build_model(cfg.model, 4)
     assert model.backbone.out_channels == (64, 128, 256)
     assert model.backbone.layer1[0].conv1.out_channels == 32 and model.backbone.layer4[0].conv2.out_channels == 256
     out = model(torch.rand(2, 3, 128, 128))
     assert out["cls_logits"].shape == (2, 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1, 4)
-    full = sum(p.numel() for p in build_model(load_config("shapes", {"model.backbone_width": 64}).model, 4).backbone.parameters())
+    full = sum(p.numel() for p in build_model(load_config("shapes_128", {"model.backbone_width": 64}).model, 4).backbone.parameters())
     assert sum(p.numel() for p in model.backbone.parameters()) < full / 3
 
 
@@ -121,7 +121,7 @@ def test_strides_choose_the_pyramid_levels_and_train_a_step(strides):
     ranges = [[-1 if s == strides[0] else bounds[s], bounds[s] * 4 if s != strides[-1] else 1e8] for s in strides]
     for i in range(1, len(ranges)):
         ranges[i][0] = ranges[i - 1][1]
-    cfg = load_config("shapes", {"model.strides": list(strides), "assign.regress_ranges": ranges})
+    cfg = load_config("shapes", {"model.strides": list(strides), "assign.regress_ranges": ranges, "model.fpn_norm": "none"})
     model = build_model(cfg.model, 4)
     out = model(torch.rand(2, 3, 128, 128))
     assert out["level_sizes"] == [(128 // s, 128 // s) for s in strides]

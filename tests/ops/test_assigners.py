@@ -378,7 +378,7 @@ def test_the_default_method_is_fcos_targets_bit_for_bit():
     points, strides, sizes = grid(64, 96)
     gen = torch.Generator().manual_seed(5)
     boxes, labels = random_boxes(gen, 2, 6, 64), torch.randint(-1, 3, (2, 6), generator=gen)
-    cfg = load_config("shapes").assign
+    cfg = load_config("shapes_128").assign  # five levels, as grid() makes
     assert cfg.method == "fcos"
     got = assign_targets({"points": points, "strides": strides, "level_sizes": sizes}, boxes, labels, cfg,
                          torch.tensor([[64, 96], [50, 60]]))

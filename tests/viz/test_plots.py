@@ -14,7 +14,7 @@ from fcoslab.errors import FcoslabError  # noqa: E402
 
 
 def small_cfg(**over):
-    return load_config("shapes", {"data.min_size": [64], "data.max_size": 64, "data.test_min_size": 64, **over})
+    return load_config("shapes_128", {"data.min_size": [64], "data.max_size": 64, "data.test_min_size": 64, **over})  # P3-P7
 
 
 def test_assignment_for_image_keeps_ground_truth_and_points_apart(shapes_dir):
