@@ -148,6 +148,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default="docs/figures/viewer_jupyterlab.jpg")
     parser.add_argument("--score", type=float, default=0.4, help="the viewer's score threshold (default 0.4)")
     args = parser.parse_args(argv)
+    if not Path(CHROMIUM).exists():  # a missing tool, not a traceback
+        print(f"fcoslab: error: the viewer screenshot needs chromium at {CHROMIUM} (Debian: apt install chromium); "
+              f"{args.out} was left as it is", file=sys.stderr)
+        return 2
     print(f"wrote {screenshot_viewer(args.run, Path(args.out), args.score)}")
     return 0
 

@@ -216,3 +216,15 @@ def test_train_with_voc_metrics_only(shapes_dir, tmp_path, capsys):
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert "AP" not in history[0] and history[0]["voc_mAP50"] is not None
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_the_viewer_screenshot_without_chromium_says_so_and_keeps_the_old_picture(tmp_path, monkeypatch, capsys):
+    from fcoslab.apps import browser
+
+    picture = tmp_path / "viewer.jpg"
+    picture.write_bytes(b"old")
+    monkeypatch.setattr(browser, "CHROMIUM", str(tmp_path / "no-chromium"))
+    assert browser.main([str(tmp_path / "run"), "--out", str(picture)]) == 2
+    err = capsys.readouterr().err
+    assert "needs chromium at" in err and "no-chromium" in err and "Traceback" not in err
+    assert picture.read_bytes() == b"old"

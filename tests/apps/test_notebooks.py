@@ -40,12 +40,15 @@ def test_notebooks_execute_in_order(shapes_dir, tmp_path, notebook_kernel):
                "OVERRIDES": [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                              for k, v in {**over, "train.epochs": 1}.items()]},
     }
-    # notebook 02 reads the preset's own data: point the preset at the tiny set through its overrides
+    # notebook 02 reads the preset's own data: the shapes preset (its pyramid, ranges and heads) pointed at the
+    # tiny set through its overrides
     params["02"]["CONFIG"] = params["00"]["CONFIG"] = str(tmp_path / "tiny.json")
-    sections = {}
+    sections = json.loads((ROOT / "fcoslab" / "config" / "presets" / "shapes.json").read_text())
+    del sections["shapes"]  # nothing generated: the tiny set is there
     for key, value in over.items():
         section, _, name = key.partition(".")
         sections.setdefault(section, {})[name] = value
+    assert len(sections["model"]["strides"]) == 3  # the preset's P3-P5, not the defaults' five levels
     (tmp_path / "tiny.json").write_text(json.dumps(sections))
     out = tmp_path / "executed"
     for path in notebook_paths():  # on one kernel, as `python -m fcoslab.apps.notebooks run` (make demo) runs them
