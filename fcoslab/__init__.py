@@ -25,7 +25,7 @@ COCO ``xywh`` boxes and COCO category ids appear only at the dataset and evaluat
 
 Dimension legend (used in docstrings and shape comments):
 
-    B  images in a batch          L  FPN levels (P3-P7, so 5)
+    B  images in a batch          L  FPN levels (P3-P7: 5; P3-P5: 3)
     P  points over all levels     M  ground-truth boxes per image (padded)
     K  classes                    N  detections
 

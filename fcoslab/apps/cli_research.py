@@ -41,7 +41,7 @@ def add_research_commands(sub) -> None:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("ablate", help="train a grid of config variants x seeds (resumable) and summarise it")
-    p.add_argument("--config", default="shapes", help="preset name or JSON file (default: shapes)")
+    p.add_argument("--config", help="preset name or JSON file (default: shapes; not with --vary config=...)")
     p.add_argument("--vary", nargs="+", required=True, metavar="KEY=A,B", help="a key and its values; several "
                    "keys give their product; config=A,B varies the preset itself (names or JSON files)")
     p.add_argument("--seeds", type=int, default=3, help="runs per variant, train.seed 0..N-1 (default 3)")

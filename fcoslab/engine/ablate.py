@@ -6,8 +6,8 @@ comparisons against the first variant.
                    [--vary KEY=A,B ...] [--set KEY=VALUE ...] [--launcher local|submitit] [--bootstrap 1000]
 
 Each ``--vary`` key gives a list of values; the variants are their product, the first value of each key
-making the baseline. The key ``config`` varies the preset itself (``--vary config=shapes_128,shapes``: names
-or JSON files), so two whole recipes meet under the same seeds and ``--set``. Run ``i`` of a variant sets ``train.seed = i`` and lives in ``OUT/VARIANT/seed{i}``.
+making the baseline. The key ``config`` varies the preset itself (``--vary config=shapes_128,shapes``:
+names or JSON files, in place of ``--config``), so two whole recipes meet under the same seeds and ``--set``. Run ``i`` of a variant sets ``train.seed = i`` and lives in ``OUT/VARIANT/seed{i}``.
 ``OUT/plan.json`` records the grid: a second call with the same grid continues it (finished runs are kept,
 interrupted ones resumed from their ``last.pt``, missing ones started); another grid is refused.
 
@@ -48,7 +48,7 @@ class PlannedRun:
     seed: int
     path: Path
     overrides: dict  # the variant's keys, train.seed and the common --set
-    config: str = "shapes"  # the preset or JSON file the overrides apply to
+    config: str  # the preset name or (absolute) JSON file the overrides apply to
 
 
 def parse_vary(specs: Sequence[str]) -> list[tuple[str, list]]:
@@ -58,8 +58,12 @@ def parse_vary(specs: Sequence[str]) -> list[tuple[str, list]]:
         key, sep, values = spec.partition("=")
         if not sep or not key or not values:
             raise FcoslabError(f"--vary {spec!r}: expected KEY=VALUE1,VALUE2,...")
-        typed = (values.split(",") if key == CONFIG_KEY  # preset names or files, kept as written
-                 else [parse_overrides([f"{key}={v}"])[key] for v in values.split(",")])
+        if key == CONFIG_KEY:  # preset names or files, kept as written
+            typed = [v.strip() for v in values.split(",")]
+            if not all(typed):
+                raise FcoslabError(f"--vary {spec!r}: an empty preset name")
+        else:
+            typed = [parse_overrides([f"{key}={v}"])[key] for v in values.split(",")]
         if len(set(map(repr, typed))) != len(typed):
             raise FcoslabError(f"--vary {spec!r}: a value is given twice")
         grid.append((key, typed))
@@ -79,25 +83,43 @@ def _folder_name(variant: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", variant)
 
 
-def plan_runs(config: str, vary: Sequence[str], seeds: int, out: str | Path, overrides: Sequence[str] = ()) -> list[PlannedRun]:
-    """The runs of the grid, baseline first, each config checked now (a wrong key fails before any training)."""
+def _config_source(name: str) -> str:
+    """A preset name as it is; a JSON file as an absolute path, so that a rerun from elsewhere finds it."""
+    return str(Path(name).resolve()) if name.endswith(".json") else name
+
+
+def plan_runs(config: Optional[str], vary: Sequence[str], seeds: int, out: str | Path,
+              overrides: Sequence[str] = ()) -> list[PlannedRun]:
+    """The runs of the grid, baseline first, each config checked now (a wrong key fails before any training).
+    ``config`` None: the ``shapes`` preset, unless ``--vary config=...`` names the presets."""
     if seeds < 1:
         raise FcoslabError(f"--seeds must be at least 1, got {seeds}")
     grid = parse_vary(vary)
+    if config is not None and any(k == CONFIG_KEY for k, _ in grid):
+        raise FcoslabError(f"--config {config} and --vary {CONFIG_KEY}=... both name the preset: give one of them")
     common = parse_overrides(list(overrides))
     clash = [k for k, _ in grid if k in common or k == "train.seed"]
     if clash:
         raise FcoslabError(f"--vary {clash[0]} is also set by --set (or is train.seed, which --seeds sets)")
-    runs = []
-    for values in itertools.product(*[v for _, v in grid]):
-        assignment = [(k, v) for (k, _), v in zip(grid, values)]
+    variants = [[(k, v) for (k, _), v in zip(grid, values)] for values in itertools.product(*[v for _, v in grid])]
+    folders = {}
+    for assignment in variants:
         name = variant_name(assignment)
+        if folders.setdefault(_folder_name(name), name) != name:
+            raise FcoslabError(f"--vary: the variants {folders[_folder_name(name)]!r} and {name!r} would share the "
+                               f"folder {_folder_name(name)}")
+    runs = []
+    for assignment in variants:
+        name, folder = variant_name(assignment), _folder_name(variant_name(assignment))
         keys = dict(assignment)
-        base = keys.pop(CONFIG_KEY, config)
+        base = _config_source(keys.pop(CONFIG_KEY, config or "shapes"))
         for seed in range(seeds):
             over = {**common, **keys, "train.seed": seed}
-            load_config(base, over)  # validates
-            runs.append(PlannedRun(name, seed, Path(out) / _folder_name(name) / f"seed{seed}", over, base))
+            try:
+                load_config(base, over)  # validates
+            except FcoslabError as e:
+                raise FcoslabError(f"--vary {name}: {e}") from None
+            runs.append(PlannedRun(name, seed, Path(out) / folder / f"seed{seed}", over, base))
     return runs
 
 
@@ -123,11 +145,41 @@ def run_is_finished(path: Path) -> bool:
     return ckpt["epoch"] >= ckpt["config"]["train"]["epochs"] and not ckpt.get("pending_eval", False)
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and not prefix:  # sections; values that are dicts stay whole
+            out.update(_flat(v, f"{k}."))
+        else:
+            out[prefix + k] = json.loads(json.dumps(v))  # tuples and lists alike
+    return out
+
+
+def check_recipe(run: PlannedRun) -> None:
+    """Refuse a run folder trained from another recipe than the plan's: a preset redefined since (a name
+    stays, its contents change) or data found elsewhere would otherwise mix two recipes in one variant.
+    ``runtime.*`` (device, threads, precision) may differ; keys one side lacks (newer code) are not compared."""
+    from ..runfolder import RunFolder
+
+    folder = RunFolder(run.path)
+    if not folder.has_checkpoint():
+        return
+    saved = _flat(folder.load()["config"])
+    planned = _flat(load_config(run.config, run.overrides).to_dict())
+    differ = sorted(k for k in saved.keys() & planned.keys()
+                    if not k.startswith("runtime.") and saved[k] != planned[k])
+    if differ:
+        shown = "; ".join(f"{k} = {saved[k]!r} there, {planned[k]!r} now" for k in differ[:3])
+        raise FcoslabError(f"{run.path} holds a run of another recipe than the plan's ({run.config} with the "
+                           f"grid's keys): {shown}{'; ...' if len(differ) > 3 else ''}; use another --out")
+
+
 def train_planned(run: PlannedRun, progress: bool = False) -> str:
     """Train one run of the grid to its end: start it, resume it, or leave it when finished."""
     from ..runfolder import RunFolder
     from .trainer import train
 
+    check_recipe(run)
     if run_is_finished(run.path):
         return "finished before"
     if RunFolder(run.path).has_checkpoint():
@@ -148,12 +200,14 @@ class _Job:
         return train_planned(self.run)
 
 
-def run_ablation(config: str, vary: Sequence[str], seeds: int, out: str | Path, overrides: Sequence[str] = (),
+def run_ablation(config: Optional[str], vary: Sequence[str], seeds: int, out: str | Path, overrides: Sequence[str] = (),
                  launcher: str = "local", cluster: Optional[str] = None, n: int = 1000, progress: bool = True) -> dict:
     """Plan, train what is left, then summarise (:func:`summarise_ablation`); returns the summary."""
     out = Path(out)
     runs = plan_runs(config, vary, seeds, out, overrides)
-    _check_plan(out, {"config": config, "vary": list(vary), "seeds": seeds, "set": list(overrides)})
+    varied = any(v.partition("=")[0] == CONFIG_KEY for v in vary)
+    recorded = config if config is not None else (None if varied else "shapes")
+    _check_plan(out, {"config": recorded, "vary": list(vary), "seeds": seeds, "set": list(overrides)})
     if launcher == "local":
         for i, run in enumerate(runs, 1):
             log.info("ablation run %d/%d: %s, seed %d (%s)", i, len(runs), run.variant, run.seed, run.path)

@@ -89,21 +89,34 @@ def test_ablation_runs_through_submitit_locally(shapes_dir, tmp_path):
     assert read_history(summary["variants"][0]["runs"][0])[-1]["epoch"] == 1
 
 
-def test_an_ablation_can_vary_the_preset_itself(shapes_dir, tmp_path):
+def test_an_ablation_can_vary_the_preset_itself(shapes_dir, tmp_path, monkeypatch):
     from fcoslab.errors import FcoslabError
     from fcoslab.runfolder import RunFolder
 
     out = tmp_path / "abl"
-    runs = ablate.plan_runs("shapes", ["config=shapes_128,shapes"], 2, out, ["train.epochs=1"])
+    runs = ablate.plan_runs(None, ["config=shapes_128, shapes"], 2, out, ["train.epochs=1"])
     assert [(r.config, r.seed, r.path.relative_to(out).as_posix()) for r in runs] == [
         ("shapes_128", 0, "config=shapes_128/seed0"), ("shapes_128", 1, "config=shapes_128/seed1"),
         ("shapes", 0, "config=shapes/seed0"), ("shapes", 1, "config=shapes/seed1")]
     assert all(set(r.overrides) == {"train.epochs", "train.seed"} for r in runs)  # "config" is not a key
-    with pytest.raises(FcoslabError, match="shapes_999"):
-        ablate.plan_runs("shapes", ["config=shapes,shapes_999"], 1, out)
+    for vary, message in [(["config=shapes,shapes_999"], "--vary config=shapes_999: .*shapes_999"),
+                          (["config=shapes,"], "an empty preset name"),
+                          (["config=a/b.json,a_b.json"], "would share the folder")]:
+        with pytest.raises(FcoslabError, match=message):
+            ablate.plan_runs(None, vary, 1, out)
+    with pytest.raises(FcoslabError, match="both name the preset"):
+        ablate.plan_runs("shapes", ["config=shapes_128,shapes"], 1, out)
+    # a setting valid for one preset only: the error says which variant
+    with pytest.raises(FcoslabError, match="--vary config=shapes_128: .*regress_ranges"):
+        ablate.plan_runs(None, ["config=shapes_128,shapes"], 1, out, ["assign.regress_ranges=[[-1,32],[32,64],[64,1e8]]"])
+    # a JSON file is kept by its absolute path, so a rerun from another folder trains the same recipe
+    (tmp_path / "mine.json").write_text(json.dumps({"train": {"epochs": 1}}))
+    monkeypatch.chdir(tmp_path)
+    assert ablate.plan_runs(None, ["config=mine.json"], 1, out)[0].config == str(tmp_path / "mine.json")
     # end to end: each variant trains its own preset under the same common --set
+    common = set_args(shapes_dir, **{"model.backbone_width": 8})
     args = ["ablate", "--vary", "config=shapes_128,shapes", "--seeds", "1", "--out", str(out), "--bootstrap", "50",
-            "--quiet", "--set", *set_args(shapes_dir, **{"model.backbone_width": 8})]
+            "--quiet", "--set", *common]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [v["variant"] for v in summary["variants"]] == ["config=shapes_128", "config=shapes"]
@@ -111,3 +124,10 @@ def test_an_ablation_can_vary_the_preset_itself(shapes_dir, tmp_path):
     assert [tuple(c["model"]["strides"]) for c in saved] == [(8, 16, 32, 64, 128), (8, 16, 32)]
     assert [c["model"]["backbone_width"] for c in saved] == [8, 8]
     assert "| config=shapes |" in (out / "summary.md").read_text()
+    assert main(args) == 0  # again: both found finished, same recipe
+    # a preset whose contents changed under the same name: the finished run is not mixed into the grid
+    real = ablate.load_config
+    monkeypatch.setattr(ablate, "load_config", lambda name, over=None: real(name, {**(over or {}), "model.head_convs": 2}))
+    assert main(args) == 2
+    with pytest.raises(FcoslabError, match="another recipe than the plan's .*model.head_convs = 1 there, 2 now"):
+        ablate.train_planned(ablate.plan_runs(None, ["config=shapes_128,shapes"], 1, out, common)[0])

@@ -8,7 +8,7 @@ Boxes are the tight pixel extents of what was drawn.
 The default smallest side, 15 px in a 128 px image, is about two strides of P3. Version 2 of the
 generator went down to 8% (10 px, 1.3 strides): there a third of the shapes preset's missed objects
 were boxes of 8-12 px localised at IoU 0.2-0.45, and val AP50 stayed at 0.915 where it is 0.957 now
-(README, the table of preset variants). ``min_side=0.08`` still makes that harder set.
+(docs/results.md, 'How the shapes preset was tuned'). ``min_side=0.08`` still makes that harder set.
 """
 
 from __future__ import annotations
