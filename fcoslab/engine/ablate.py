@@ -7,9 +7,11 @@ comparisons against the first variant.
 
 Each ``--vary`` key gives a list of values; the variants are their product, the first value of each key
 making the baseline. The key ``config`` varies the preset itself (``--vary config=shapes_128,shapes``:
-names or JSON files, in place of ``--config``), so two whole recipes meet under the same seeds and ``--set``. Run ``i`` of a variant sets ``train.seed = i`` and lives in ``OUT/VARIANT/seed{i}``.
-``OUT/plan.json`` records the grid: a second call with the same grid continues it (finished runs are kept,
-interrupted ones resumed from their ``last.pt``, missing ones started); another grid is refused.
+names or JSON files, in place of ``--config``), so two whole recipes meet under the same seeds and ``--set``.
+Run ``i`` of a variant sets ``train.seed = i`` and lives in ``OUT/VARIANT/seed{i}``. ``OUT/plan.json``
+records the grid: a second call with the same grid continues it (finished runs are kept, interrupted ones
+resumed from their ``last.pt``, missing ones started); another grid is refused, and so is a run folder whose
+saved config differs from what the plan gives now (:func:`check_recipe`).
 
 ``OUT/summary.json`` and ``OUT/summary.md`` hold, per variant, the mean, standard deviation, minimum and
 maximum over seeds of the last evaluation's AP, AP50, AP75, APs, APm and APl, and against the baseline:
