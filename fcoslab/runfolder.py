@@ -127,3 +127,14 @@ def read_history(run_dir: str | Path) -> list[dict]:
             print(record["epoch"], record["loss"], record["AP"])
     """
     return RunFolder(run_dir).read_history()
+
+
+def run_labels(run_dirs: list[str | Path]) -> list[str]:
+    """Short names for plot legends: each run folder's last path parts, as few as keep them apart
+    (``["/x/abl/a/seed0", "/x/abl/b/seed0"]`` -> ``["a/seed0", "b/seed0"]``)."""
+    parts = [Path(p).resolve().parts for p in run_dirs]
+    for n in range(1, max((len(p) for p in parts), default=1) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(set(parts)):
+            return labels
+    return [str(p) for p in run_dirs]

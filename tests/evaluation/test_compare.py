@@ -131,3 +131,12 @@ def test_an_ablation_can_vary_the_preset_itself(shapes_dir, tmp_path, monkeypatc
     assert main(args) == 2
     with pytest.raises(FcoslabError, match="another recipe than the plan's .*model.head_convs = 1 there, 2 now"):
         ablate.train_planned(ablate.plan_runs(None, ["config=shapes_128,shapes"], 1, out, common)[0])
+
+
+def test_run_labels_are_the_fewest_trailing_parts_that_keep_runs_apart(tmp_path):
+    from fcoslab.runfolder import run_labels
+
+    assert run_labels([tmp_path / "abl" / "a" / "seed0", tmp_path / "abl" / "b" / "seed0"]) == ["a/seed0", "b/seed0"]
+    assert run_labels([tmp_path / "runs" / "shapes", tmp_path / "runs" / "nb_shapes"]) == ["shapes", "nb_shapes"]
+    assert run_labels([tmp_path / "x" / "run", tmp_path / "x" / "run"]) == ["run", "run"]  # the same run twice
+    assert run_labels([]) == []
