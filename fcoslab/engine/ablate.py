@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..evaluation.bootstrap import METRICS, interval, paired_p_value
-from ..config import load_config, parse_overrides
+from ..config import flatten, load_config, parse_overrides
 from ..errors import FcoslabError
 from ..files import atomic_write, write_json
 
@@ -104,15 +104,13 @@ def plan_runs(config: Optional[str], vary: Sequence[str], seeds: int, out: str |
     if clash:
         raise FcoslabError(f"--vary {clash[0]} is also set by --set (or is train.seed, which --seeds sets)")
     variants = [[(k, v) for (k, _), v in zip(grid, values)] for values in itertools.product(*[v for _, v in grid])]
+    named = [(variant_name(a), _folder_name(variant_name(a)), a) for a in variants]
     folders = {}
-    for assignment in variants:
-        name = variant_name(assignment)
-        if folders.setdefault(_folder_name(name), name) != name:
-            raise FcoslabError(f"--vary: the variants {folders[_folder_name(name)]!r} and {name!r} would share the "
-                               f"folder {_folder_name(name)}")
+    for name, folder, _ in named:
+        if folders.setdefault(folder, name) != name:
+            raise FcoslabError(f"--vary: the variants {folders[folder]!r} and {name!r} would share the folder {folder}")
     runs = []
-    for assignment in variants:
-        name, folder = variant_name(assignment), _folder_name(variant_name(assignment))
+    for name, folder, assignment in named:
         keys = dict(assignment)
         base = _config_source(keys.pop(CONFIG_KEY, config or "shapes"))
         for seed in range(seeds):
@@ -137,37 +135,30 @@ def _check_plan(out: Path, plan: dict) -> None:
         write_json(path, plan)
 
 
-def run_is_finished(path: Path) -> bool:
+def _checkpoint(path: Path) -> Optional[dict]:
     from ..runfolder import RunFolder
 
     folder = RunFolder(path)
-    if not folder.has_checkpoint():
-        return False
-    ckpt = folder.load()
-    return ckpt["epoch"] >= ckpt["config"]["train"]["epochs"] and not ckpt.get("pending_eval", False)
+    return folder.load() if folder.has_checkpoint() else None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and not prefix:  # sections; values that are dicts stay whole
-            out.update(_flat(v, f"{k}."))
-        else:
-            out[prefix + k] = json.loads(json.dumps(v))  # tuples and lists alike
-    return out
+def _finished(ckpt: Optional[dict]) -> bool:
+    return ckpt is not None and ckpt["epoch"] >= ckpt["config"]["train"]["epochs"] and not ckpt.get("pending_eval", False)
 
 
-def check_recipe(run: PlannedRun) -> None:
-    """Refuse a run folder trained from another recipe than the plan's: a preset redefined since (a name
-    stays, its contents change) or data found elsewhere would otherwise mix two recipes in one variant.
-    ``runtime.*`` (device, threads, precision) may differ; keys one side lacks (newer code) are not compared."""
-    from ..runfolder import RunFolder
+def run_is_finished(path: Path) -> bool:
+    return _finished(_checkpoint(path))
 
-    folder = RunFolder(run.path)
-    if not folder.has_checkpoint():
-        return
-    saved = _flat(folder.load()["config"])
-    planned = _flat(load_config(run.config, run.overrides).to_dict())
+
+def check_recipe(run: PlannedRun, saved_config: dict) -> None:
+    """Refuse a run folder trained from another recipe than the plan's (``saved_config``, its checkpoint's):
+    a preset redefined since (a name stays, its contents change) or data found elsewhere would otherwise mix
+    two recipes in one variant. ``runtime.*`` (device, threads, precision) may differ; keys one side lacks
+    (newer code) are not compared."""
+    def flat(tree: dict) -> dict:
+        return flatten(json.loads(json.dumps(tree)), str(run.path))  # tuples and lists alike
+
+    saved, planned = flat(saved_config), flat(load_config(run.config, run.overrides).to_dict())
     differ = sorted(k for k in saved.keys() & planned.keys()
                     if not k.startswith("runtime.") and saved[k] != planned[k])
     if differ:
@@ -178,17 +169,18 @@ def check_recipe(run: PlannedRun) -> None:
 
 def train_planned(run: PlannedRun, progress: bool = False) -> str:
     """Train one run of the grid to its end: start it, resume it, or leave it when finished."""
-    from ..runfolder import RunFolder
     from .trainer import train
 
-    check_recipe(run)
-    if run_is_finished(run.path):
+    ckpt = _checkpoint(run.path)  # read once: it holds the weights
+    if ckpt is None:
+        train(load_config(run.config, run.overrides), run.path, progress=progress)
+        return "trained"
+    check_recipe(run, ckpt["config"])
+    if _finished(ckpt):
         return "finished before"
-    if RunFolder(run.path).has_checkpoint():
-        train(None, run.path, resume=True, progress=progress)
-        return "resumed"
-    train(load_config(run.config, run.overrides), run.path, progress=progress)
-    return "trained"
+    del ckpt
+    train(None, run.path, resume=True, progress=progress)
+    return "resumed"
 
 
 class _Job:

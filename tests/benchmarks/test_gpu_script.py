@@ -87,9 +87,11 @@ def test_steps_stage_on_cpu(tmp_path, micro):
     assert [r["model"] for r in steps["rows"]] == ["torchvision", f"fcoslab {micro}"]
     fl = steps["rows"][1]
     assert fl["img/s"] > 0 and fl["GFLOP/img"] > 0 and fl["peak MiB"] is None and fl["time vs torchvision"] > 0
-    largest = max(json.loads(Path(micro).read_text())["model"]["strides"])  # 32 (P3-P5)
-    side = -(-64 // largest) * largest
-    assert fl["input"] == f"{side}x{side}"  # padded to the preset's largest stride
+    from fcoslab.config import load_config
+    from fcoslab.data.batching import padded_shape
+
+    h, w = padded_shape(64, 64, load_config(micro).model.size_divisibility)  # 64 at P3-P5's largest stride, 32
+    assert fl["input"] == f"{h}x{w}"  # padded to the preset's largest stride
     assert record(tmp_path, "steps")["data"]["rates"][f"{micro}/fp32"] == fl["img/s"]
 
 
